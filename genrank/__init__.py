@@ -1,0 +1,20 @@
+"""genrank: turn a causal LLM into a reranker."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from .engines import Engine, LabelLogprobs
+from .prompts import Labels, PromptBuilder, Prompts
+from .reranker import Reranker, ScoredPairs, ScoringError
+from .scorer import Scores, ZeroLabelMassWarning, expected_scores
+from .templates import Template, TemplateError, list_templates, load_template
+
+try:
+    __version__ = version("genrank")
+except PackageNotFoundError:  # pragma: no cover - source checkout without install
+    __version__ = "0.0.0"
+
+__all__ = [
+    "Engine", "LabelLogprobs", "Labels", "PromptBuilder", "Prompts", "Reranker", "ScoredPairs",
+    "ScoringError", "Scores", "Template", "TemplateError", "ZeroLabelMassWarning", "expected_scores",
+    "list_templates", "load_template",
+]

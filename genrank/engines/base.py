@@ -1,0 +1,36 @@
+"""The engine protocol: prompts in, first-token label log-probabilities out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from ..prompts import Labels, Prompts
+
+
+@dataclass
+class LabelLogprobs:
+    """What an engine returns for a batch of N prompts and K labels."""
+
+    values: np.ndarray  # (N, K) float64 log-probabilities; -inf where a label was not seen
+    errors: dict[int, str] = field(default_factory=dict)  # prompt index -> why it has no result
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A driver that reads label log-probabilities at the first generated position.
+
+    ``prompt_format`` says what the engine consumes: ``"tokens"`` (``Prompts.token_ids``, rendered
+    and truncated by genrank; needs ``tokenizer``) or ``"chat"`` (``Prompts.chats()``, for servers
+    that apply their own chat template; ``tokenizer`` may be None). Engines neither build prompts
+    nor compute scores.
+    """
+
+    prompt_format: Literal["tokens", "chat"]
+
+    @property
+    def tokenizer(self) -> Any | None: ...
+
+    def label_logprobs(self, prompts: Prompts, labels: Labels) -> LabelLogprobs: ...

@@ -1,0 +1,511 @@
+"""Build a tiny, deterministic Qwen2-style causal LM (+ tokenizer) for tests.
+
+The model is a real ``Qwen2ForCausalLM`` checkpoint (float32 safetensors,
+head_dim 64 so that vLLM's CPU backend accepts it) of a few MB, with a
+byte-level BPE tokenizer trained locally on a small embedded English corpus.
+Nothing is downloaded.
+
+The weights are *crafted* rather than random so that the model behaves like a
+(very dumb) relevance grader: at the first generated position after the
+ChatML generation prompt most of the probability mass sits on the label tokens
+``"1"`` .. ``"7"`` (some on ``"yes"`` / ``"no"``, the rest spread over the
+vocabulary), and the distribution over the labels moves with the input text.
+
+How it works:
+
+* every token embedding has a constant component in hidden dimension 0, so the
+  final RMS-normalised hidden state always has a large positive value there;
+* hidden dimension 1 of each embedding holds a random per-token "valence";
+* layer 0 has (almost) uniform causal attention whose value/output projections
+  copy the valence into residual dimension 2, so at the last position that
+  dimension holds the mean valence of the whole prompt;
+* ``lm_head`` turns that into an ordinal ("discretised Gaussian") distribution
+  over the labels: ``logit_k = A - c (k - 4)^2 + (k - 4) t`` with
+  ``t = beta * (h_2 - m)``; the non-label rows get random slopes on ``t`` drawn
+  so that the total label mass stays roughly constant as ``t`` moves;
+* all other weights are small random values, so the rest of the network adds
+  content-dependent noise without dominating.
+
+Usage::
+
+    python tests/tiny_model.py OUT_DIR      # builds and prints the directory
+
+or ``build_tiny_model(path)`` from Python. Only ``numpy``, ``safetensors`` and
+``tokenizers`` are needed to build it; ``transformers`` / ``vllm`` load it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import sys
+
+import numpy as np
+
+__all__ = [
+    "build_tiny_model",
+    "LABEL_TOKENS",
+    "YES_NO_TOKENS",
+    "SPECIAL_TOKENS",
+    "DEFAULT_SYSTEM_MESSAGE",
+    "CHAT_TEMPLATE",
+]
+
+# --------------------------------------------------------------------------
+# Model hyper-parameters
+# --------------------------------------------------------------------------
+HIDDEN = 128
+N_HEADS = 2
+N_KV_HEADS = 1
+HEAD_DIM = HIDDEN // N_HEADS  # 64: vLLM CPU needs head size >= 64
+N_LAYERS = 2
+INTERMEDIATE = 256
+MAX_POS = 4096
+ROPE_THETA = 10000.0
+RMS_EPS = 1e-6
+VOCAB_TARGET = 3000
+SEED = 1234
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+LABEL_TOKENS = [str(i) for i in range(1, 8)]
+YES_NO_TOKENS = ["yes", "no"]
+DEFAULT_SYSTEM_MESSAGE = "You are a helpful assistant."
+
+# Qwen2.5-style ChatML template (without tool support).
+CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}"
+    "{{- '<|im_start|>system\\n" + DEFAULT_SYSTEM_MESSAGE + "<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if not (message['role'] == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- endif %}"
+)
+
+# Prompt markup whose tokens carry no valence (so a template's fixed text does
+# not push every score one way).
+NEUTRAL_MARKUP = [
+    "<|im_start|>system\n<|im_end|>\n<|im_start|>user\n<|im_start|>assistant\n",
+    "<<<Instruction>>>\n<<<Query>>>\n\n<<<Context>>>\n",
+    "<Instruct>: <Query>: <Document>: <think>\n\n</think>\n\n",
+    "Query: Document: Passage: Question: Answer: Context:",
+]
+
+# Qwen2's pre-tokenisation regex (digits are split one by one).
+QWEN2_SPLIT_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+# --------------------------------------------------------------------------
+# Crafted-head constants (tuned once with a calibration run; see the notes
+# at the bottom of this file).  Changing them changes the checkpoint bytes.
+# --------------------------------------------------------------------------
+EMB_BIAS = 4.0  # constant component of every embedding (hidden dim 0)
+EMB_VALENCE = 1.0  # scale of the per-token valence (hidden dim 1)
+EMB_NOISE = 0.3  # std of the other embedding dimensions (dims 16..)
+VALENCE_GAIN = 4.0  # layer-0 o_proj gain: mean valence -> residual dim 2
+WINDOW = 32.0  # layer-0 attention: Gaussian recency window (std, in tokens)
+WINDOW_PAIR = 21  # rotary pair used for it: theta = 1e4**(-42/64) ~ 2.4e-3
+LABEL_CENTER = 4.0  # label k has logit A - c (k - 4)^2 + (k - 4) t
+LABEL_CURV = 0.5  # c
+LABEL_LEVEL = 8.6  # A (sets the label mass against ~3k near-zero logits)
+YES_NO_LEVEL = 7.0  # level of the "yes"/"no" logits
+YES_NO_SLOPE = 0.35  # "yes" gets +slope * t, "no" -slope * t
+T_SCALE = 2.0  # beta (see module docstring)
+T_OFFSET = 0.6  # m: mean of h_2 over the calibration prompts
+
+# --------------------------------------------------------------------------
+# Training corpus for the tokenizer (a few KB of varied English).
+# --------------------------------------------------------------------------
+CORPUS = """\
+To Kill a Mockingbird is a novel by the American author Harper Lee.
+It was published in 1960 and was instantly successful.
+Harper Lee won the Pulitzer Prize for Fiction in 1961 for To Kill a Mockingbird.
+The story is told by Scout Finch, a young girl growing up in Maycomb, Alabama.
+Her father, Atticus Finch, is a lawyer who defends a Black man falsely accused of a crime.
+The novel deals with racial injustice, courage, and the loss of innocence.
+Harper Lee was born in Monroeville, Alabama, in 1926 and died in 2016.
+Go Set a Watchman, her second novel, was published in 2015.
+The film adaptation of To Kill a Mockingbird was released in 1962 and starred Gregory Peck.
+Who wrote To Kill a Mockingbird? The author of To Kill a Mockingbird is Harper Lee.
+Many schools teach the book because it raises questions about justice and empathy.
+Boo Radley is the mysterious neighbor who leaves small gifts in a tree.
+An apple a day keeps the doctor away, or so the old saying goes.
+Apples grow on trees in orchards, and there are thousands of varieties.
+Popular apples include Gala, Fuji, Honeycrisp, Granny Smith, and Red Delicious.
+Green apples taste sour, while red apples are often sweet and crisp.
+Apple pie is a classic dessert made with sliced apples, sugar, and cinnamon.
+Apples are a good source of fiber and vitamin C.
+The apple tree is native to Central Asia and was brought to Europe long ago.
+Apple juice and cider are made by pressing fresh apples.
+The company Apple makes phones, tablets, and computers, but that is not a fruit.
+Movies are a popular form of entertainment around the world.
+The Godfather is a crime film directed by Francis Ford Coppola in 1972.
+Star Wars was released in 1977 and changed science fiction movies forever.
+Titanic won eleven Academy Awards, including Best Picture, in 1998.
+Animated movies like Toy Story were made with computer graphics.
+A good movie needs a strong story, believable characters, and careful editing.
+Critics gave the new thriller three stars out of five.
+We watched a comedy last night and laughed until midnight.
+The director said the sequel will be filmed next summer in New York.
+Numbers are used for counting, measuring, and ordering things.
+One, two, three, four, five, six, seven, eight, nine, ten.
+1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 100 1000 2024 3.14 0.5
+The sum of 2 and 3 is 5, and the product of 6 and 7 is 42.
+There are 7 days in a week, 12 months in a year, and 365 days in most years.
+Prime numbers such as 2, 3, 5, 7, 11 and 13 have no divisors except 1 and themselves.
+Rate the relevance of the document to the query on a scale from 1 to 7.
+A score of 1 means not relevant at all, and a score of 7 means perfectly relevant.
+Give a score of 4 if the passage is only partly related to the question.
+Answer with a single number between 1 and 7.
+Does the passage answer the question? Answer yes or no.
+Is the document relevant to the query? Reply with yes or no only.
+yes
+no
+yes, the document answers the question.
+no, the passage is about something else.
+yes it is relevant
+no it is not relevant
+Query: who wrote the book? Document: the book was written by a famous author.
+Query: how to cook rice Passage: rinse the rice, add water, and simmer for twenty minutes.
+Question: what is the capital of France? Answer: Paris is the capital of France.
+The capital of Germany is Berlin, and the capital of Italy is Rome.
+Mount Everest is the highest mountain on Earth, at 8849 meters.
+The Pacific Ocean is the largest and deepest ocean.
+Water boils at 100 degrees Celsius at sea level.
+The sun is a star at the center of our solar system.
+Photosynthesis lets plants turn sunlight, water, and carbon dioxide into sugar.
+The human heart pumps blood through the body every second of every day.
+Dogs and cats are the most common pets in many countries.
+The weather today is sunny and warm, but rain is expected tomorrow.
+In winter the lake freezes and children go skating on the ice.
+Football, basketball, tennis, and cricket are played by millions of people.
+The team won the championship after a dramatic final match.
+Coffee and tea are the most popular hot drinks in the world.
+To bake bread you need flour, water, salt, and yeast.
+Computers store information as bits, which are zeros and ones.
+Python is a programming language that is easy to read and write.
+A search engine ranks documents by how well they match a query.
+Machine learning models learn patterns from large amounts of data.
+The library opens at nine in the morning and closes at six in the evening.
+She read the letter twice before she understood what it meant.
+The train to Chicago leaves from platform four at half past eight.
+History teaches us about the people and events that shaped the world.
+The Roman Empire lasted for centuries and built roads across Europe.
+Music can make people feel happy, sad, calm, or excited.
+Beethoven composed nine symphonies, even after he lost his hearing.
+The garden was full of roses, tulips, and bright yellow sunflowers.
+My grandmother grows tomatoes, beans, and potatoes every spring.
+The market sells fresh fish, bread, cheese, and fruit on Saturdays.
+He bought a new bicycle and rode it to work every day.
+Scientists discovered a new species of frog in the rainforest.
+The museum has paintings by Van Gogh, Monet, and Picasso.
+It is important to drink enough water and to sleep well.
+The price of the ticket is 25 dollars, or 15 dollars for students.
+This passage has nothing to do with the question that was asked.
+The answer is clearly stated in the second paragraph of the text.
+I am not sure, but the document seems somewhat related to the topic.
+Thank you for your help! You are a helpful assistant.
+Given a query and a piece of text, output a score of 1-7 based on how related the query is to the text. 1 means least related and 7 is most related.
+<<<Instruction>>>
+Given a web search query, retrieve relevant passages that answer the query
+<<<Query>>>
+<<<Context>>>
+Judge whether the Document meets the requirements based on the Query and the Instruct provided. Note that the answer can only be "yes" or "no".
+<Instruct>: <Query>: <Document>:
+<think>
+</think>
+system
+user
+assistant
+Query
+Document
+Passage
+Question
+"""
+
+
+def _train_tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers
+    from tokenizers import pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(
+                Regex(QWEN2_SPLIT_REGEX), behavior="isolated", invert=False
+            ),
+            pre_tokenizers.ByteLevel(
+                add_prefix_space=False, trim_offsets=False, use_regex=False
+            ),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
+    tok.post_processor = processors.ByteLevel(
+        add_prefix_space=False, trim_offsets=False, use_regex=False
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_TARGET,
+        min_frequency=1,
+        show_progress=False,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+
+    vocab = tok.get_vocab()
+    for t in LABEL_TOKENS + YES_NO_TOKENS + SPECIAL_TOKENS:
+        if t not in vocab:
+            raise RuntimeError(f"tiny tokenizer lacks a single token for {t!r}")
+        ids = tok.encode(t).ids
+        if ids != [vocab[t]]:
+            raise RuntimeError(f"{t!r} does not encode to one token: {ids}")
+    return tok
+
+
+def _neutral_ids(tok) -> set[int]:
+    """Tokens with zero valence: specials, tokens without letters (punctuation,
+    whitespace, digits) and the tokens of common prompt markup."""
+    vocab = tok.get_vocab()
+    ids = {vocab[t] for t in SPECIAL_TOKENS}
+    for token, tid in vocab.items():
+        text = tok.decode([tid])
+        if not any(ch.isalpha() for ch in text):
+            ids.add(tid)
+    for text in NEUTRAL_MARKUP:
+        ids.update(tok.encode(text).ids)
+    return ids
+
+
+def _make_weights(vocab_size: int, label_ids, yes_id: int, no_id: int, special_ids, neutral_ids):
+    rng = np.random.default_rng(SEED)
+    f32 = np.float32
+    H, D, I = HIDDEN, HEAD_DIM, INTERMEDIATE
+
+    def normal(std, *shape):
+        return rng.normal(0.0, std, size=shape)
+
+    w: dict[str, np.ndarray] = {}
+
+    # ---- embeddings: [bias, valence, 0 x 14, noise x 112]
+    emb = np.zeros((vocab_size, H))
+    emb[:, 0] = EMB_BIAS
+    valence = normal(EMB_VALENCE, vocab_size)
+    valence[sorted(neutral_ids)] = 0.0
+    emb[:, 1] = valence
+    emb[:, 16:] = normal(EMB_NOISE, vocab_size, H - 16)
+    w["model.embed_tokens.weight"] = emb
+
+    # Typical RMS of an embedding row, used to undo the input RMSNorm scaling.
+    emb_rms = float(np.sqrt((EMB_BIAS**2 + EMB_VALENCE**2 + (H - 16) * EMB_NOISE**2) / H))
+
+    for layer in range(N_LAYERS):
+        p = f"model.layers.{layer}."
+        w[p + "input_layernorm.weight"] = np.ones(H)
+        w[p + "post_attention_layernorm.weight"] = np.ones(H)
+        if layer == 0:
+            # content-independent attention with a soft recency window: q and
+            # k are (almost) constant vectors in one low-frequency rotary pair,
+            # so the score is ~ a*b*cos(theta*(i-j))/sqrt(D), a Gaussian-like
+            # window over the last ~WINDOW tokens (where the document usually is).
+            q = normal(0.002, N_HEADS * D, H)
+            k = normal(0.002, N_KV_HEADS * D, H)
+            v = normal(0.01, N_KV_HEADS * D, H)
+            v[0, :] = 0.0
+            v[0, 1] = emb_rms  # value channel 0 = valence (un-normalised)
+            o = normal(0.005, H, N_HEADS * D)
+            o[0:3, :] = 0.0
+            o[:, 0::D] = 0.0  # value channel 0 of each head only feeds dim 2
+            for h in range(N_HEADS):
+                o[2, h * D] = VALENCE_GAIN / N_HEADS
+        else:
+            q = normal(0.05, N_HEADS * D, H)
+            k = normal(0.05, N_KV_HEADS * D, H)
+            v = normal(0.05, N_KV_HEADS * D, H)
+            o = normal(0.01, H, N_HEADS * D)
+            o[0:3, :] = 0.0
+        q_bias = normal(0.01, N_HEADS * D)
+        k_bias = normal(0.01, N_KV_HEADS * D)
+        if layer == 0:
+            theta = ROPE_THETA ** (-2.0 * WINDOW_PAIR / D)
+            ab = D**0.5 / (theta * WINDOW) ** 2
+            for h in range(N_HEADS):
+                q_bias[h * D + WINDOW_PAIR] = ab**0.5
+                q_bias[h * D + WINDOW_PAIR + D // 2] = 0.0
+            k_bias[WINDOW_PAIR] = ab**0.5
+            k_bias[WINDOW_PAIR + D // 2] = 0.0
+        w[p + "self_attn.q_proj.weight"] = q
+        w[p + "self_attn.q_proj.bias"] = q_bias
+        w[p + "self_attn.k_proj.weight"] = k
+        w[p + "self_attn.k_proj.bias"] = k_bias
+        w[p + "self_attn.v_proj.weight"] = v
+        w[p + "self_attn.v_proj.bias"] = np.zeros(N_KV_HEADS * D)
+        w[p + "self_attn.o_proj.weight"] = o
+        gate = normal(0.05, I, H)
+        up = normal(0.05, I, H)
+        down = normal(0.01, H, I)
+        down[0:3, :] = 0.0  # keep the crafted channels clean
+        w[p + "mlp.gate_proj.weight"] = gate
+        w[p + "mlp.up_proj.weight"] = up
+        w[p + "mlp.down_proj.weight"] = down
+
+    w["model.norm.weight"] = np.ones(H)
+
+    # ---- lm_head
+    # Final hidden h: h_0 ~ EMB_BIAS / rms (large, ~constant), h_2 = mean valence signal.
+    h0 = EMB_BIAS / emb_rms
+    c, A, beta, m = LABEL_CURV, LABEL_LEVEL, T_SCALE, T_OFFSET
+    head = normal(0.05, vocab_size, H)
+    head[:, 0:3] = 0.0
+    # non-label rows: random slopes on t with variance 1/(2c) keep the label
+    # mass roughly independent of t (E[exp(g t)] = exp(t^2 / (4c))).
+    slopes = normal(np.sqrt(1.0 / (2.0 * c)), vocab_size)
+    head[:, 2] = slopes * beta
+    head[:, 0] = -slopes * beta * m / h0
+    for j, tid in enumerate(label_ids):
+        d = (j + 1) - LABEL_CENTER
+        head[tid, :] = normal(0.01, H)
+        head[tid, 1] = 0.0
+        head[tid, 2] = d * beta
+        head[tid, 0] = (A - c * d * d - d * beta * m) / h0
+    for tid, sign in ((yes_id, 1.0), (no_id, -1.0)):
+        head[tid, :] = normal(0.01, H)
+        head[tid, 1] = 0.0
+        head[tid, 2] = sign * YES_NO_SLOPE * beta
+        head[tid, 0] = (YES_NO_LEVEL - sign * YES_NO_SLOPE * beta * m) / h0
+    for tid in special_ids:
+        head[tid, :] = 0.0
+        head[tid, 0] = -2.0 / h0
+    w["lm_head.weight"] = head
+
+    return {k: np.ascontiguousarray(v, dtype=f32) for k, v in sorted(w.items())}
+
+
+def _write_json(path: pathlib.Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def build_tiny_model(path: str | os.PathLike) -> pathlib.Path:
+    """Write the tiny Qwen2 model + tokenizer to ``path`` and return it.
+
+    The directory is created if needed; existing files of the same names are
+    overwritten. The output is byte-for-byte identical on every call.
+    """
+    from safetensors.numpy import save_file
+
+    out = pathlib.Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tok = _train_tokenizer()
+    vocab = tok.get_vocab()
+    vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    special_ids = [vocab[t] for t in SPECIAL_TOKENS]
+    label_ids = [vocab[t] for t in LABEL_TOKENS]
+    eot_id, im_start_id, im_end_id = special_ids
+
+    tok.save(str(out / "tokenizer.json"), pretty=True)
+
+    added = {
+        str(vocab[t]): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+        for t in SPECIAL_TOKENS
+    }
+    _write_json(
+        out / "tokenizer_config.json",
+        {
+            "add_bos_token": False,
+            "add_prefix_space": False,
+            "added_tokens_decoder": added,
+            "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+            "bos_token": None,
+            "chat_template": CHAT_TEMPLATE,
+            "clean_up_tokenization_spaces": False,
+            "eos_token": "<|im_end|>",
+            "errors": "replace",
+            "model_max_length": MAX_POS,
+            "pad_token": "<|endoftext|>",
+            "split_special_tokens": False,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "unk_token": None,
+        },
+    )
+    _write_json(
+        out / "special_tokens_map.json",
+        {
+            "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|endoftext|>",
+        },
+    )
+    _write_json(
+        out / "config.json",
+        {
+            "architectures": ["Qwen2ForCausalLM"],
+            "attention_dropout": 0.0,
+            "bos_token_id": eot_id,
+            "eos_token_id": im_end_id,
+            "head_dim": HEAD_DIM,
+            "hidden_act": "silu",
+            "hidden_size": HIDDEN,
+            "initializer_range": 0.02,
+            "intermediate_size": INTERMEDIATE,
+            "max_position_embeddings": MAX_POS,
+            "max_window_layers": N_LAYERS,
+            "model_type": "qwen2",
+            "num_attention_heads": N_HEADS,
+            "num_hidden_layers": N_LAYERS,
+            "num_key_value_heads": N_KV_HEADS,
+            "pad_token_id": eot_id,
+            "rms_norm_eps": RMS_EPS,
+            "rope_scaling": None,
+            "rope_theta": ROPE_THETA,
+            "sliding_window": None,
+            "tie_word_embeddings": False,
+            "torch_dtype": "float32",
+            "use_cache": True,
+            "use_sliding_window": False,
+            "vocab_size": vocab_size,
+        },
+    )
+    _write_json(
+        out / "generation_config.json",
+        {
+            "bos_token_id": eot_id,
+            "do_sample": False,
+            "eos_token_id": [im_end_id, eot_id],
+            "pad_token_id": eot_id,
+        },
+    )
+    weights = _make_weights(
+        vocab_size, label_ids, vocab["yes"], vocab["no"], special_ids, _neutral_ids(tok)
+    )
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1 or argv[0] in ("-h", "--help"):
+        print("usage: python tests/tiny_model.py OUT_DIR", file=sys.stderr)
+        return 2
+    print(build_tiny_model(argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
