@@ -26,13 +26,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--card-formula", action="store_true",
                    help="do not renormalise label probabilities (the lb-reranker card's formula)")
     g.add_argument("--base-url", default=None, help="server URL for --engine openai")
-    g.add_argument("--engine-arg", "-E", action="append", default=[], metavar="KEY=VALUE",
+    g.add_argument("--engine-arg", "-E", action="append", default=None, metavar="KEY=VALUE",
                    help="extra engine option, VALUE parsed as JSON when it can be (repeatable), e.g. -E dtype=float32")
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     opts: dict[str, Any] = {}
-    for item in args.engine_arg:
+    for item in args.engine_arg or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise CliError(f"--engine-arg must be KEY=VALUE, got {item!r}")
@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("templates", help="list the shipped prompt templates", formatter_class=fmt)
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.set_defaults(func=cmd_templates)
+
+    from . import evaluate  # here, not at the top: evaluate imports this module
+
+    evaluate.add_command(sub, fmt)
     return parser
 
 

@@ -22,14 +22,15 @@ class TransformersEngine:
     ``max_batch_tokens``; rows are right-padded and run without an attention mask (causal
     attention already hides trailing pads from the real tokens). Only the hidden state at each
     row's last real token goes through the LM head, in float32, for an exact log-softmax over the
-    vocabulary. A batch that runs out of GPU memory is halved and retried.
+    vocabulary. A batch that runs out of GPU memory is halved and retried. ``compile=True`` runs
+    the decoder through ``torch.compile(dynamic=True)``.
     """
 
     prompt_format = "tokens"
 
     def __init__(self, model: str | PreTrainedModel, *, tokenizer: Any | None = None,
                  device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
-                 max_batch_tokens: int | None = None, max_batch_size: int = 512,
+                 max_batch_tokens: int | None = None, max_batch_size: int = 512, compile: bool = False,
                  trust_remote_code: bool = False, **from_pretrained: Any):
         self.device = torch.device(device) if device is not None else _default_device()
         if isinstance(dtype, str):
@@ -47,6 +48,8 @@ class TransformersEngine:
         self.max_batch_tokens = max_batch_tokens or (65536 if self.device.type == "cuda" else 8192)
         self.max_batch_size = max_batch_size
         self._decoder = self.model.get_decoder()
+        if compile:  # one graph for all batch shapes; pays off on GPU for long jobs
+            self._decoder = torch.compile(self._decoder, dynamic=True)
         head = self.model.get_output_embeddings()
         # The head runs on one position per row, so keep a float32 copy for an exact log-softmax.
         self._head_weight = head.weight.detach().float()

@@ -1,0 +1,453 @@
+"""OpenAI-compatible remote driver: many requests in flight, exact label log-probabilities, faults survived.
+
+Requests go out through one ``aiohttp`` session (a bare client costs a fraction of the CPU per
+request of the ``openai`` SDK's, and client CPU decides throughput at scale), configured the way
+the ``openai`` package is configured: ``base_url`` (else ``OPENAI_BASE_URL``), an API key (else
+``GENRANK_API_KEY``, else ``OPENAI_API_KEY``), ``default_headers`` and ``default_query`` for
+gateways and Azure-style deployments. Configuration errors (401, 403, 404) are raised as the
+``openai`` package's exception types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from email.utils import parsedate_to_datetime
+from typing import Any, Literal
+
+import aiohttp
+import numpy as np
+import openai
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tqdm.auto import tqdm
+
+from ..prompts import Labels, Prompts, label_token_ids
+from .base import LabelLogprobs
+
+log = logging.getLogger(__name__)
+
+_DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the openai package's default
+_MAX_TOP_LOGPROBS = 20  # OpenAI's and vLLM's (default --max-logprobs) limit
+_FALLBACK_TOP_LOGPROBS = 5  # some hosted APIs allow no more
+_FATAL = {401: openai.AuthenticationError, 403: openai.PermissionDeniedError, 404: openai.NotFoundError}
+_RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+_TOKEN_ID_PREFIX = "token_id:"  # vLLM's token form with return_tokens_as_token_ids
+
+
+class _Transient(Exception):
+    """A failure worth retrying: 429, 5xx, timeout, dropped connection, unusable response."""
+
+    def __init__(self, reason: str, retry_after: float | None = None):
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+class _Rejected(Exception):
+    """The server refused this request (4xx other than 401/403/404); retrying will not help."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+class _RateLimiter:
+    """Spaces requests so at most ``rate`` units start per ``period`` seconds, with no burst.
+
+    A reservation schedule (each acquisition books the next free slot) rather than a bucket: it
+    holds only a timestamp, so it keeps its pace across the event loops of successive calls.
+    """
+
+    def __init__(self, rate: float, period: float):
+        if not rate > 0:
+            raise ValueError(f"rate limit must be positive, got {rate!r}")
+        self.rate, self.interval = rate, period / rate
+        self._next = 0.0
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        now = time.monotonic()
+        start = max(self._next, now)
+        self._next = start + min(amount, self.rate) * self.interval
+        if start > now:
+            await asyncio.sleep(start - now)
+
+
+class OpenAIEngine:
+    """Label log-probabilities from an OpenAI-compatible server (vLLM, hosted APIs, gateways).
+
+    ``mode="chat"`` sends the system+user messages to ``/chat/completions`` and the server applies
+    the model's chat template; ``mode="completions"`` renders and tokenizes the prompt here with
+    the model's ``tokenizer`` and sends the token ids to ``/completions``. On a vLLM server
+    (0.32 or later) the request asks for exactly the label tokens (``logprob_token_ids``), so no
+    label is ever missing; elsewhere it asks for the top ``top_logprobs`` tokens (20, or 5 where
+    the server allows no more) and labels outside them get probability 0 (see ``label_mass``).
+
+    Up to ``concurrency`` requests are in flight. 429, 5xx, timeouts, dropped connections and
+    unusable responses are retried up to ``max_retries`` times with exponential backoff and
+    jitter, honouring ``Retry-After``; a pair that still fails is reported in
+    ``LabelLogprobs.errors`` and the rest complete. 401, 403 and 404 raise at once.
+
+    A template with an assistant prefix (e.g. qwen3-reranker) in chat mode sends the prefix as
+    a final assistant message for the server to continue (vLLM's ``continue_final_message``);
+    on other servers use ``mode="completions"``.
+    """
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
+                 mode: Literal["chat", "completions"] = "chat", concurrency: int = 64, timeout: float = 60.0,
+                 max_retries: int = 6, top_logprobs: int | None = None,
+                 label_token_ids: bool | Literal["auto"] = "auto", tokenizer: Any | None = None,
+                 requests_per_second: float | None = None, tokens_per_minute: float | None = None,
+                 default_headers: Mapping[str, str] | None = None,
+                 default_query: Mapping[str, str | int | float] | None = None,
+                 show_progress: bool | None = None, trust_remote_code: bool = False):
+        if mode not in ("chat", "completions"):
+            raise ValueError(f"mode must be 'chat' or 'completions', got {mode!r}")
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        if not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+        if top_logprobs is not None and (not isinstance(top_logprobs, int) or not 1 <= top_logprobs <= 20):
+            raise ValueError(f"top_logprobs must be an integer 1..20 or None (as many as allowed), got {top_logprobs!r}")
+        if label_token_ids not in ("auto", True, False):
+            raise ValueError(f"label_token_ids must be 'auto', True or False, got {label_token_ids!r}")
+        self.model = model
+        self.mode = mode
+        self.prompt_format: Literal["tokens", "chat"] = "chat" if mode == "chat" else "tokens"
+        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or _DEFAULT_BASE_URL).rstrip("/")
+        self.concurrency = concurrency
+        self.timeout = float(timeout)
+        self.max_retries = max_retries
+        self.label_token_ids = label_token_ids
+        self.show_progress = show_progress
+        self._api_key = api_key or os.environ.get("GENRANK_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        self._headers = {"Content-Type": "application/json", **(default_headers or {})}
+        if self._api_key:
+            self._headers["Authorization"] = f"Bearer {self._api_key}"
+        self._query = {k: str(v) for k, v in (default_query or {}).items()}
+        self._top_logprobs = top_logprobs or _MAX_TOP_LOGPROBS
+        self._top_logprobs_auto = top_logprobs is None
+        self._rps = _RateLimiter(requests_per_second, 1.0) if requests_per_second is not None else None
+        self._tpm = _RateLimiter(tokens_per_minute, 60.0) if tokens_per_minute is not None else None
+        self._tokenizer = _load_tokenizer(tokenizer or (model if mode == "completions" else None), trust_remote_code)
+        self._server: str | None = None  # "vllm" when the server can return chosen tokens' logprobs, else "other"
+        self._label_ids: dict[tuple[str, ...], tuple[int, ...] | None] = {}
+        self._warned_untruncated = False
+
+    @property
+    def tokenizer(self) -> Any | None:
+        return self._tokenizer
+
+    def __repr__(self) -> str:  # never shows the API key
+        return f"OpenAIEngine(model={self.model!r}, base_url={self.base_url!r}, mode={self.mode!r}, concurrency={self.concurrency})"
+
+    # -- public API --------------------------------------------------------------------------
+
+    def label_logprobs(self, prompts: Prompts, labels: Labels) -> LabelLogprobs:
+        """Blocking call; inside a running event loop (Jupyter) it runs on a worker thread."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.alabel_logprobs(prompts, labels))
+        with ThreadPoolExecutor(1, thread_name_prefix="genrank-openai") as pool:
+            return pool.submit(asyncio.run, self.alabel_logprobs(prompts, labels)).result()
+
+    async def alabel_logprobs(self, prompts: Prompts, labels: Labels) -> LabelLogprobs:
+        """The label log-probabilities of every prompt, one request each, in input order."""
+        n = len(prompts)
+        values = np.full((n, len(labels.texts)), -np.inf)
+        errors: dict[int, str] = {}
+        if self.mode == "chat" and prompts.texts is None and not self._warned_untruncated:
+            log.warning("no tokenizer for %r: prompts are sent whole, not truncated to max_length "
+                        "(pass tokenizer=... to truncate)", self.model)
+            self._warned_untruncated = True
+        connector = aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=300)
+        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        async with aiohttp.ClientSession(headers=self._headers, connector=connector, timeout=timeout) as session:
+            if self._server is None:
+                self._server = await self._detect_server(session)
+            request = await self._request_builder(session, prompts, labels)
+            extract = _extractor(labels, self._label_ids.get(labels.texts))
+            show = self.show_progress if self.show_progress is not None else sys.stderr.isatty()
+            with tqdm(total=n, unit="pair", disable=not show, desc="genrank") as bar:
+                pending = iter(range(n))
+
+                async def worker() -> None:
+                    for i in pending:
+                        try:
+                            values[i] = await self._post_with_retries(session, lambda: request(i), extract)
+                        except (_Transient, _Rejected) as e:
+                            errors[i] = _redact(str(e), self._api_key)
+                            bar.set_postfix(failed=len(errors), refresh=False)
+                        bar.update()
+
+                await asyncio.gather(*(worker() for _ in range(min(self.concurrency, n))))
+        if errors:
+            log.warning("%d of %d requests failed; first: %s", len(errors), n, errors[min(errors)])
+        return LabelLogprobs(values, errors)
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def _request_builder(self, session: aiohttp.ClientSession, prompts: Prompts, labels: Labels):
+        """A function from prompt index to (endpoint, JSON body bytes, token estimate)."""
+        ids = await self._resolve_label_ids(session, labels)
+        if self.mode == "chat":
+            url, extra = self._url("chat/completions"), {"logprobs": True}
+            chats = prompts.chats()
+            prefix = prompts.template.assistant_prefix
+            if prefix:
+                if self._server != "vllm":
+                    raise ValueError(
+                        f"template {prompts.template.name!r} has an assistant prefix, which chat mode can send "
+                        f"only to a vLLM server (continue_final_message); {self.base_url} is not one. "
+                        "Use mode='completions' with the model's tokenizer.")
+                chats = [c + [{"role": "assistant", "content": prefix}] for c in chats]
+                extra.update(continue_final_message=True, add_generation_prompt=False)
+            payloads: list[Any] = chats
+            field, top_field = "messages", "top_logprobs"
+        else:
+            if prompts.token_ids is None:
+                raise ValueError("completions mode needs the model's tokenizer (tokenizer=...)")
+            url, extra = self._url("completions"), {}
+            payloads, field, top_field = prompts.token_ids, "prompt", "logprobs"
+        if ids is not None:  # vLLM: exactly the label tokens, named by id
+            extra.update(logprob_token_ids=list(ids), return_tokens_as_token_ids=True)
+            if self.mode == "completions":
+                extra["logprobs"] = 1  # must be set with logprob_token_ids; the ids take precedence
+        head = {"model": self.model, "max_tokens": 1, "temperature": 0.0, **extra}
+        lengths = (list(map(len, prompts.token_ids)) if prompts.token_ids is not None
+                   else [sum(len(m["content"]) for m in c) // 4 for c in payloads])  # ~4 characters a token
+
+        def request(i: int) -> tuple[str, bytes, int]:
+            body = {**head, field: payloads[i]}
+            if ids is None:  # read at each attempt: a server may refuse 20 and get 5 on the retry
+                body[top_field] = self._top_logprobs
+            return url, json.dumps(body).encode(), lengths[i] + 1
+
+        return request
+
+    async def _post_with_retries(self, session: aiohttp.ClientSession, request: Callable[[], tuple[str, bytes, int]],
+                                 extract: Callable[[dict], list[float]]) -> list[float]:
+        """One prompt's label log-probs, retrying transient failures."""
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.max_retries + 1), wait=_wait,
+                                 retry=retry_if_exception_type(_Transient), reraise=True)
+        attempts = 0
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    return extract(await self._post(session, *request()))
+        except _Transient as e:
+            raise _Transient(f"{e} (gave up after {attempts} attempts)") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _post(self, session: aiohttp.ClientSession, url: str, body: bytes, tokens: int) -> dict:
+        if self._rps is not None:
+            await self._rps.acquire()
+        if self._tpm is not None:
+            await self._tpm.acquire(tokens)
+        try:
+            async with session.post(url, data=body, params=self._query) as resp:
+                raw = await resp.read()
+                status = resp.status
+                retry_after = _retry_after(resp.headers) if status in _RETRY_STATUS else None
+        except (asyncio.TimeoutError, TimeoutError):
+            raise _Transient(f"no response within timeout={self.timeout:g}s") from None
+        except aiohttp.ClientError as e:
+            raise _Transient(f"connection failed: {type(e).__name__}: {e}") from None
+        if status == 200:
+            try:
+                return json.loads(raw)
+            except ValueError:
+                raise _Transient(f"malformed JSON in response: {raw[:80]!r}") from None
+        message = _redact(_server_message(raw), self._api_key)
+        reason = f"HTTP {status} from {url}: {message}"
+        if status in _RETRY_STATUS:
+            raise _Transient(reason, retry_after)
+        if status in _FATAL:
+            raise _status_error(status, url, raw, reason)
+        if status == 400 and self._top_logprobs_auto and self._top_logprobs > _FALLBACK_TOP_LOGPROBS \
+                and "logprobs" in message.lower():
+            log.warning("server refused top_logprobs=%d (%s); asking for %d", self._top_logprobs, message,
+                        _FALLBACK_TOP_LOGPROBS)
+            self._top_logprobs = _FALLBACK_TOP_LOGPROBS
+            raise _Transient(reason, retry_after=0.0)
+        raise _Rejected(status, reason)
+
+    # -- server capabilities -----------------------------------------------------------------
+
+    async def _detect_server(self, session: aiohttp.ClientSession) -> str:
+        """"vllm" for a vLLM server of 0.32 or later (it returns chosen tokens' log-probs), else "other"."""
+        models = await self._get_json(session, self._url("models"))
+        owners = {m.get("owned_by") for m in (models or {}).get("data", []) if isinstance(m, dict)}
+        if "vllm" not in owners:
+            return "other"
+        root = re.sub(r"/v1$", "", self.base_url)
+        version = str((await self._get_json(session, f"{root}/version") or {}).get("version", ""))
+        found = re.match(r"(\d+)\.(\d+)", version)
+        if found and (int(found[1]), int(found[2])) >= (0, 32):
+            return "vllm"
+        log.info("vLLM %s predates logprob_token_ids (0.32); reading top_logprobs", version or "(unknown version)")
+        return "other"
+
+    async def _resolve_label_ids(self, session: aiohttp.ClientSession, labels: Labels) -> tuple[int, ...] | None:
+        """The label token ids to ask for, or None to read the top log-probs."""
+        if labels.texts in self._label_ids:
+            return self._label_ids[labels.texts]
+        ids = None
+        if self.label_token_ids is True or (self.label_token_ids == "auto" and self._server == "vllm"):
+            ids = labels.token_ids
+            if ids is None and self._tokenizer is not None:
+                ids = label_token_ids(self._tokenizer, labels.texts)
+            if ids is None and self._server == "vllm":  # the server's own tokenizer
+                ids = await self._server_label_ids(session, labels.texts)
+            if ids is None:
+                raise ValueError("label_token_ids=True needs the label token ids: pass tokenizer=... "
+                                 "or use a vLLM server (it has /tokenize)")
+        self._label_ids[labels.texts] = ids
+        return ids
+
+    async def _server_label_ids(self, session: aiohttp.ClientSession, texts: tuple[str, ...]) -> tuple[int, ...] | None:
+        root = re.sub(r"/v1$", "", self.base_url)
+        ids = []
+        for text in texts:
+            body = {"model": self.model, "prompt": text, "add_special_tokens": False}
+            try:
+                async with session.post(f"{root}/tokenize", json=body, params=self._query) as resp:
+                    tokens = (await resp.json()).get("tokens") if resp.status == 200 else None
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                tokens = None
+            if not tokens:
+                return None
+            if len(tokens) != 1:
+                raise ValueError(f"label {text!r} is {len(tokens)} tokens {tokens} for the server's tokenizer, "
+                                 "not one; labels must be single tokens")
+            ids.append(tokens[0])
+        return tuple(ids)
+
+    async def _get_json(self, session: aiohttp.ClientSession, url: str) -> dict | None:
+        try:
+            async with session.get(url, params=self._query) as resp:
+                if resp.status in (401, 403):  # a wrong key; a 404 here may be a gateway without the route
+                    raw = await resp.read()
+                    raise _status_error(resp.status, url, raw, f"HTTP {resp.status} from {url}: "
+                                        f"{_redact(_server_message(raw), self._api_key)}")
+                return await resp.json(content_type=None) if resp.status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+            return None
+
+    def _url(self, path: str) -> str:
+        return f"{self.base_url}/{path}"
+
+
+def _extractor(labels: Labels, ids: tuple[int, ...] | None):
+    """A function from a response to the (K,) label log-probs.
+
+    Tokens are matched to labels by id when the server returns ``token_id:N`` forms, else by text
+    after stripping whitespace ("7", " 7" and "7\\n" are one label, their probabilities summed);
+    other tokens are ignored.
+    """
+    by_text = {t.strip(): k for k, t in enumerate(labels.texts)}
+    by_id = {f"{_TOKEN_ID_PREFIX}{t}": k for k, t in enumerate(ids)} if ids is not None else {}
+    k_labels = len(labels.texts)
+
+    def extract(data: dict) -> list[float]:
+        try:
+            logprobs = data["choices"][0]["logprobs"]
+            if "content" in logprobs:  # chat: [{"token", "logprob", ...}, ...]
+                top = [(e["token"], e["logprob"]) for e in logprobs["content"][0]["top_logprobs"]]
+            else:  # completions: {token: logprob}
+                top = list(logprobs["top_logprobs"][0].items())
+        except (KeyError, IndexError, TypeError):
+            raise _Transient("response has no first-token top logprobs") from None
+        probs = [0.0] * k_labels
+        for token, logprob in top:
+            k = by_id.get(token) if token.startswith(_TOKEN_ID_PREFIX) else by_text.get(token.strip())
+            if k is not None:
+                probs[k] += math.exp(min(float(logprob), 0.0))
+        return [math.log(min(p, 1.0)) if p > 0.0 else -math.inf for p in probs]
+
+    return extract
+
+
+def _wait(state) -> float:
+    """The server's Retry-After when it sent one, else exponential backoff with jitter."""
+    exc = state.outcome.exception() if state.outcome is not None else None
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:
+        return min(retry_after, 120.0)
+    return _backoff(state)
+
+
+_backoff = wait_exponential_jitter(initial=0.5, max=30.0, jitter=0.5)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait from ``retry-after-ms`` (OpenAI) or ``Retry-After`` (seconds or an HTTP date)."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(float(ms) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        try:
+            return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+        except (TypeError, ValueError):
+            return None
+
+
+def _server_message(raw: bytes) -> str:
+    """The error message of an OpenAI-style error body, else the start of the body."""
+    try:
+        body = json.loads(raw)
+        error = body.get("error", body) if isinstance(body, dict) else body
+        message = error.get("message") if isinstance(error, dict) else error
+        if message:
+            return str(message)[:500]
+    except ValueError:
+        pass
+    return raw[:200].decode("utf-8", "replace") or "(empty body)"
+
+
+def _status_error(status: int, url: str, raw: bytes, reason: str) -> openai.APIStatusError:
+    """The openai package's exception for ``status`` (it wants the HTTP library's request/response objects)."""
+    # openai builds its errors from its own HTTP library's Response (httpx, httpx2 in openai 3.x):
+    # openai/_exceptions.py APIStatusError(message, *, response, body); take the module it uses.
+    from openai import _exceptions
+
+    http = getattr(_exceptions, "httpx2", None) or getattr(_exceptions, "httpx")
+    response = http.Response(status, content=raw, request=http.Request("POST", url))
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        body = body.get("error", body)
+    return _FATAL[status](reason, response=response, body=body)
+
+
+def _redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def _load_tokenizer(tokenizer: Any | None, trust_remote_code: bool) -> Any | None:
+    if tokenizer is None or not isinstance(tokenizer, str):
+        return tokenizer
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise ImportError("loading a tokenizer by name needs transformers: pip install transformers") from None
+    return AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=trust_remote_code)

@@ -1,0 +1,60 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import SEED_DOCUMENTS, SEED_QUERY
+
+from genrank.cli import main
+
+
+@pytest.fixture(scope="module")
+def docs_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "docs.txt"
+    path.write_text("\n".join(SEED_DOCUMENTS) + "\n")
+    return path
+
+
+def test_rank_table_end_to_end(tiny_model_dir, docs_file):
+    out = subprocess.run([sys.executable, "-m", "genrank.cli", "rank", SEED_QUERY, "--docs", str(docs_file),
+                          "--model", str(tiny_model_dir), "--engine", "hf", "--top-k", "3"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["rank", "score", "id", "document"]
+    assert len(lines) == 4 and lines[1].split()[0] == "1"
+
+
+def test_rank_json_lines(tiny_model_dir, docs_file, capsys):
+    assert main(["rank", SEED_QUERY, "--docs", str(docs_file), "-m", str(tiny_model_dir), "-e", "hf", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 6 and {r["corpus_id"] for r in rows} == set(range(6))
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    assert all(r["text"] == SEED_DOCUMENTS[r["corpus_id"]] for r in rows)
+
+
+def test_templates_command(capsys):
+    assert main(["templates"]) == 0
+    assert "lb-reranker-v1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", [["--help"], ["rank", "--help"], ["templates", "--help"]])
+def test_help_shows_options_with_defaults(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(command)
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    if command[0] == "rank":
+        assert "--max-length MAX_LENGTH max prompt tokens; documents are cut to fit (default: 1024)" in out
+        assert "(default: lb-reranker-v1)" in out.replace("lb- ", "lb-") and "(default: auto)" in out
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    assert main(["rank", "q", "--docs", str(tmp_path / "missing.txt"), "-e", "hf"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genrank: error: --docs: cannot read") and "Traceback" not in err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('"ok"\n{"text": 3}\n')
+    assert main(["rank", "q", "--docs", str(bad), "-e", "hf"]) == 2
+    assert "document 2" in capsys.readouterr().err
+    assert main(["rank", "q", "--docs", str(bad), "-e", "nope"]) == 2

@@ -1,0 +1,82 @@
+import pytest
+
+from genrank import PromptBuilder, load_template
+
+
+@pytest.fixture(scope="module")
+def builder(tiny_tokenizer):
+    return PromptBuilder(load_template(), tiny_tokenizer, max_length=256)
+
+
+def _jinja_ids(tok, template, query, document, instruction=None):
+    text = tok.apply_chat_template(template.messages(query, document, instruction), tokenize=False,
+                                   add_generation_prompt=True) + template.assistant_prefix
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("name", ["lb-reranker-v1", "qwen3-reranker", "lb-reranker-v1-instruct"])
+def test_prompt_equals_the_model_chat_template(tiny_tokenizer, name):
+    t = load_template(name)
+    b = PromptBuilder(t, tiny_tokenizer, max_length=4096)
+    pairs = [("Who wrote it?", "Harper Lee wrote it.\n\nIn 1960."), (" spaced {q} ", "tabs\tand {braces}")]
+    p = b.build([q for q, _ in pairs], [d for _, d in pairs], ["Rank by {topic}.", None])
+    for n, (q, d) in enumerate(pairs):
+        assert p.token_ids[n] == _jinja_ids(tiny_tokenizer, t, q, d, ["Rank by {topic}.", None][n])
+    assert not p.truncated.any()
+    assert p.chats()[0][0] == {"role": "system", "content": t.system}
+
+
+def test_long_document_fits_and_keeps_the_generation_prompt(builder, tiny_tokenizer):
+    doc = "Harper Lee wrote a novel about justice in Alabama. " * 2000  # ~100,000 characters
+    assert len(doc) >= 100_000
+    p = builder.build(["Who wrote it?"], [doc])
+    ids = p.token_ids[0]
+    assert len(ids) <= 256
+    assert p.truncated[0]
+    text = tiny_tokenizer.decode(ids)
+    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
+    assert "<<<Query>>>\nWho wrote it?\n\n<<<Context>>>\nHarper Lee" in text
+    assert text.startswith("<|im_start|>system\nGiven a query and a piece of text")
+    assert p.documents[0] == doc[: len(p.documents[0])] and len(p.documents[0]) < len(doc)
+    assert ids == _jinja_ids(tiny_tokenizer, builder.template, "Who wrote it?", p.documents[0])
+
+
+def test_document_is_cut_close_to_the_limit(builder):
+    p = builder.build(["q"], ["word " * 5000])
+    assert 250 <= len(p.token_ids[0]) <= 256
+
+
+@pytest.mark.parametrize("doc", ["日本語の文書です。" * 3000, "emoji 🦜🦜🦜 " * 3000, "é" * 20000])
+def test_unicode_documents_are_cut_on_whole_characters(builder, tiny_tokenizer, doc):
+    p = builder.build(["クエリ"], [doc])
+    assert len(p.token_ids[0]) <= 256
+    assert "\ufffd" not in tiny_tokenizer.decode(p.token_ids[0])
+    assert doc.startswith(p.documents[0])
+
+
+def test_query_is_cut_only_when_it_alone_is_too_long(builder):
+    long_query = "what is the meaning of this very long question " * 200
+    p = builder.build([long_query, "short query"], ["a document", "doc " * 5000])
+    assert all(len(ids) <= 256 for ids in p.token_ids)
+    assert p.documents[0] == "" and long_query.startswith(p.queries[0]) and p.queries[0]
+    assert p.queries[1] == "short query"
+    assert p.truncated.tolist() == [True, True]
+
+
+def test_short_pairs_are_untouched(builder):
+    p = builder.build(["q1", "q2"], ["d1", ""])
+    assert p.queries == ["q1", "q2"] and p.documents == ["d1", ""]
+    assert not p.truncated.any()
+
+
+def test_max_length_smaller_than_the_template_is_an_error(tiny_tokenizer):
+    with pytest.raises(ValueError, match="max_length=10 leaves no room"):
+        PromptBuilder(load_template(), tiny_tokenizer, max_length=10)
+    with pytest.raises(ValueError, match="max_length must be a positive integer"):
+        PromptBuilder(load_template(), tiny_tokenizer, max_length=0)
+
+
+def test_without_tokenizer_only_chats_are_built():
+    p = PromptBuilder(load_template()).build(["q"], ["d"])
+    assert p.token_ids is None and p.texts is None
+    assert p.chats()[0][1]["content"] == "<<<Query>>>\nq\n\n<<<Context>>>\nd"

@@ -1,0 +1,154 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import SEED_DOCUMENTS, SEED_QUERY
+from transformers import AutoModelForCausalLM
+
+from genrank import LabelLogprobs, Reranker, ScoringError, load_template
+
+
+@pytest.fixture(scope="module")
+def rr(hf_engine):
+    return Reranker(engine=hf_engine)
+
+
+def test_import_does_not_load_engines():
+    code = "import sys, genrank; print(sorted(m for m in ('torch', 'vllm', 'lmdeploy', 'transformers') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_score_rerank_rank_shapes_and_order(rr):
+    pairs = [(SEED_QUERY, d) for d in SEED_DOCUMENTS]
+    scores = rr.score(pairs)
+    assert scores.shape == (6,) and scores.dtype == np.float64
+    assert np.all((scores >= 1) & (scores <= 7))
+    assert np.allclose(rr.rerank(SEED_QUERY, SEED_DOCUMENTS), scores)
+    assert np.allclose(rr.score(pairs[::-1]), scores[::-1])  # input order, not batch order
+    ranked = rr.rank(SEED_QUERY, SEED_DOCUMENTS, top_k=3, return_documents=True)
+    assert [r["corpus_id"] for r in ranked] == list(np.argsort(-scores)[:3])
+    assert [r["score"] for r in ranked] == sorted(scores, reverse=True)[:3]
+    assert all(r["text"] == SEED_DOCUMENTS[r["corpus_id"]] for r in ranked)
+    assert set(rr.rank(SEED_QUERY, SEED_DOCUMENTS)[0]) == {"corpus_id", "score"}
+    assert len(rr.rank(SEED_QUERY, SEED_DOCUMENTS, top_k=100)) == 6
+
+
+def test_scores_vary_with_the_document(rr):
+    scores = rr.rerank(SEED_QUERY, SEED_DOCUMENTS)
+    assert scores.max() - scores.min() > 0.2
+
+
+def test_details_report_label_mass_and_truncation(hf_engine):
+    rr = Reranker(engine=hf_engine, max_length=200)
+    d = rr.score_details([(SEED_QUERY, SEED_DOCUMENTS[0]), (SEED_QUERY, "long " * 1000)])
+    assert d.truncated.tolist() == [False, True]
+    assert np.all((d.label_mass > 0.3) & (d.label_mass < 1.0))
+    assert d.errors == {} and d.zero_mass == 0
+
+
+def test_chunking_gives_the_same_scores(hf_engine, rr):
+    pairs = [(SEED_QUERY, d) for d in SEED_DOCUMENTS] * 3
+    assert np.allclose(Reranker(engine=hf_engine, chunk_size=4).score(pairs), rr.score(pairs), atol=1e-9)
+
+
+def test_fidelity_against_float64_full_vocab_softmax(tiny_model_dir, tiny_tokenizer, rr):
+    """50 pairs: driver scores equal an independent float64 computation within 1e-4."""
+    words = "apple novel court river Harper Lee Alabama justice movie whale ocean book prize".split()
+    rng = np.random.default_rng(0)
+    pairs = [(" ".join(rng.choice(words, 4)) + "?", " ".join(rng.choice(words, int(rng.integers(3, 60)))))
+             for _ in range(50)]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64).eval()
+    template = load_template()
+    label_ids = [tiny_tokenizer.convert_tokens_to_ids(str(i)) for i in range(1, 8)]
+    expected = []
+    for q, d in pairs:
+        ids = tiny_tokenizer.apply_chat_template(template.messages(q, d), add_generation_prompt=True,
+                                                 tokenize=True, return_dict=True)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0, -1]
+        p = torch.softmax(logits, -1)[label_ids].numpy()
+        expected.append((p / p.sum()) @ np.arange(1, 8))
+    assert np.max(np.abs(rr.score(pairs) - np.array(expected))) < 1e-4
+
+
+def test_card_formula_option(hf_engine, rr):
+    card = Reranker(engine=hf_engine, normalize=False)
+    d = rr.score_details([(SEED_QUERY, SEED_DOCUMENTS[0])])
+    assert card.score([(SEED_QUERY, SEED_DOCUMENTS[0])])[0] == pytest.approx(d.score[0] * d.label_mass[0])
+
+
+@pytest.mark.parametrize("pairs, message", [
+    ([], "pairs is empty"),
+    ([("q", 5)], r"pairs\[0\] document must be a string, got int 5"),
+    ([("q", "d"), (None, "d")], r"pairs\[1\] query must be a string, got NoneType"),
+    ([("  ", "d")], r"pairs\[0\] query is empty"),
+    (["just a string"], r"pairs\[0\] must be a \(query, document\) pair"),
+    ([("q", "d", "x")], r"pairs\[0\] must be a \(query, document\) pair"),
+])
+def test_bad_pairs_are_named(rr, pairs, message):
+    with pytest.raises(ValueError, match=message):
+        rr.score(pairs)
+
+
+def test_bad_rank_arguments(rr):
+    with pytest.raises(ValueError, match="query is empty"):
+        rr.rank("", ["d"])
+    with pytest.raises(ValueError, match="documents must be a list of strings"):
+        rr.rank("q", "one string")
+    with pytest.raises(ValueError, match="top_k must be a positive integer"):
+        rr.rank("q", ["d"], top_k=0)
+
+
+def test_unknown_engine_and_missing_extra():
+    with pytest.raises(ValueError, match="unknown engine 'nope'.*hf, vllm, lmdeploy, openai"):
+        Reranker("m", engine="nope")
+    try:
+        import lmdeploy  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"pip install 'genrank\[lmdeploy\]'"):
+            Reranker("m", engine="lmdeploy")
+
+
+def test_instruction_needs_an_instruction_template(hf_engine):
+    with pytest.raises(ValueError, match="takes no instruction"):
+        Reranker(engine=hf_engine, instruction="Find proofs.")
+    rr = Reranker(engine=hf_engine, template="lb-reranker-v1-instruct", instruction="Find the author.")
+    other = Reranker(engine=hf_engine, template="lb-reranker-v1-instruct", instruction="Find a whale.")
+    pairs = [(SEED_QUERY, d) for d in SEED_DOCUMENTS]
+    assert not np.allclose(rr.score(pairs), other.score(pairs))
+
+
+class FailingEngine:
+    """An engine that cannot score the second prompt of every batch (like a remote pair that ran out of retries)."""
+
+    prompt_format = "tokens"
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    @property
+    def tokenizer(self):
+        return self.inner.tokenizer
+
+    def label_logprobs(self, prompts, labels):
+        out = self.inner.label_logprobs(prompts, labels)
+        return LabelLogprobs(out.values, {1: "HTTP 503 after 5 attempts"})
+
+
+def test_engine_failures_are_recorded_not_dropped(hf_engine):
+    rr = Reranker(engine=FailingEngine(hf_engine))
+    pairs = [(SEED_QUERY, d) for d in SEED_DOCUMENTS[:3]]
+    d = rr.score_details(pairs)
+    assert d.errors == {1: "HTTP 503 after 5 attempts"}
+    assert np.isnan(d.score[1]) and not np.isnan(d.score[[0, 2]]).any()
+    with pytest.raises(ScoringError, match="1 of 3 pairs could not be scored.*pair 1: HTTP 503") as e:
+        rr.score(pairs)
+    assert e.value.result.errors == d.errors
+
+
+def test_engine_options_with_an_instance_are_rejected(hf_engine):
+    with pytest.raises(TypeError, match="engine options"):
+        Reranker(engine=hf_engine, device="cpu")

@@ -1,0 +1,75 @@
+import pytest
+
+from genrank import PromptBuilder, TemplateError, list_templates, load_template
+from genrank.prompts import label_token_ids
+
+CARD_SYSTEM = ("Given a query and a piece of text, output a score of 1-7 based on how related the query is "
+               "to the text. 1 means least related and 7 is most related.")
+
+
+def test_shipped_templates_are_listed():
+    names = {t["name"] for t in list_templates()}
+    assert {"lb-reranker-v1", "qwen3-reranker", "lb-reranker-v1-instruct"} <= names
+
+
+def test_lb_reranker_is_the_default_with_card_strings():
+    t = load_template()
+    assert t.name == "lb-reranker-v1"
+    assert t.system == CARD_SYSTEM
+    assert t.user_message("Q?", "Some text.") == "<<<Query>>>\nQ?\n\n<<<Context>>>\nSome text."
+    assert t.labels == tuple("1234567") and t.values == (1, 2, 3, 4, 5, 6, 7)
+    assert t.normalize is True and not t.takes_instruction
+
+
+def test_qwen3_and_instruction_templates():
+    q3 = load_template("qwen3-reranker")
+    assert q3.labels == ("no", "yes") and q3.values == (0, 1)
+    assert q3.assistant_prefix == "<think>\n\n</think>\n\n"
+    assert q3.user_message("q", "d").startswith("<Instruct>: Given a web search query")
+    inst = load_template("lb-reranker-v1-instruct")
+    assert inst.takes_instruction
+    assert inst.user_message("q", "d", "Find claims.").startswith("<<<Instruction>>>\nFind claims.\n\n<<<Query>>>\nq")
+
+
+def test_user_template_file(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text('system = "Rate."\nuser = "Q: {query} D: {document}"\n[labels]\n"no" = 0\n"yes" = 1\n'
+                    '[score]\nnormalize = false\n')
+    t = load_template(path)
+    assert t.name == "mine" and t.labels == ("no", "yes") and t.normalize is False
+    assert t.messages("a", "b") == [{"role": "system", "content": "Rate."}, {"role": "user", "content": "Q: a D: b"}]
+
+
+@pytest.mark.parametrize("body, message", [
+    ('user = "{query}"\n[labels]\n"1" = 1\n"2" = 2\n', "must use {query} and {document}"),
+    ('user = "{query} {document} {other}"\n[labels]\n"1" = 1\n"2" = 2\n', "'other'"),
+    ('system = "s"\n[labels]\n"1" = 1\n"2" = 2\n', "missing field 'user'"),
+    ('user = "{query} {document}"\n[labels]\n"1" = 1\n', "at least two labels"),
+    ('user = "{query} {document}"\n[labels]\n"1" = "high"\n"2" = 2\n', "label '1' must map to a number"),
+    ('user = "{query} {document}"\n[labels]\n"1" = 1\n"2" = 2\n[score]\nmethod = "max"\n', "method 'max'"),
+    ('user = "{query} {document}\n', "not valid TOML"),
+])
+def test_bad_template_files_name_the_problem(tmp_path, body, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(TemplateError, match=message.replace("{", r"\{").replace("}", r"\}").replace("(", r"\(")):
+        load_template(path)
+
+
+def test_unknown_template_name_lists_shipped_ones():
+    with pytest.raises(TemplateError, match="unknown template 'nope'.*lb-reranker-v1"):
+        load_template("nope")
+    with pytest.raises(TemplateError, match="does not exist"):
+        load_template("/no/such/file.toml")
+
+
+def test_label_ids_come_from_the_tokenizer(tiny_tokenizer):
+    ids = label_token_ids(tiny_tokenizer, list("1234567"))
+    assert [tiny_tokenizer.decode([i]) for i in ids] == list("1234567")
+
+
+def test_multi_token_label_is_a_clear_error(tiny_tokenizer, tmp_path):
+    path = tmp_path / "long.toml"
+    path.write_text('user = "{query} {document}"\n[labels]\n"definitely irrelevant" = 0\n"yes" = 1\n')
+    with pytest.raises(TemplateError, match=r"label 'definitely irrelevant' is \d+ tokens .* in tokenizer"):
+        PromptBuilder(load_template(path), tiny_tokenizer)
