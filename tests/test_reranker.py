@@ -152,3 +152,27 @@ def test_engine_failures_are_recorded_not_dropped(hf_engine):
 def test_engine_options_with_an_instance_are_rejected(hf_engine):
     with pytest.raises(TypeError, match="engine options"):
         Reranker(engine=hf_engine, device="cpu")
+
+
+def test_auto_engine_is_transformers_without_a_gpu(tiny_model_dir):
+    rr = Reranker(str(tiny_model_dir), engine="auto")
+    assert type(rr.engine).__name__ == "TransformersEngine"
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_results(tiny_model_dir, rr, monkeypatch):
+    from genrank.engines.hf import TransformersEngine
+
+    engine = TransformersEngine(str(tiny_model_dir), device="cpu", max_batch_size=8)
+    real, sizes = engine._forward, []
+
+    def forward(rows, label_ids):  # a device that only fits 2 rows at a time
+        sizes.append(len(rows))
+        if len(rows) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return real(rows, label_ids)
+
+    monkeypatch.setattr(engine, "_forward", forward)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    pairs = [(SEED_QUERY, d) for d in SEED_DOCUMENTS]
+    assert np.allclose(Reranker(engine=engine).score(pairs), rr.score(pairs), atol=1e-6)
+    assert sizes[:3] == [6, 4, 2] and engine.max_batch_size == 2

@@ -64,7 +64,7 @@ INTERMEDIATE = 256
 MAX_POS = 4096
 ROPE_THETA = 10000.0
 RMS_EPS = 1e-6
-VOCAB_TARGET = 3000
+VOCAB_TARGET = 3000  # upper bound; the small corpus runs out of merges (~1.6k)
 SEED = 1234
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -96,6 +96,18 @@ NEUTRAL_MARKUP = [
     "<<<Instruction>>>\n<<<Query>>>\n\n<<<Context>>>\n",
     "<Instruct>: <Query>: <Document>: <think>\n\n</think>\n\n",
     "Query: Document: Passage: Question: Answer: Context:",
+    # instruction text of common reranking prompts
+    "Given a query and a piece of text, output a score of 1-7 based on how related the query is"
+    " to the text. 1 means least related and 7 is most related.",
+    "Given a web search query, retrieve relevant passages that answer the query",
+    'Judge whether the Document meets the requirements based on the Query and the Instruct'
+    ' provided. Note that the answer can only be "yes" or "no".',
+    "Rate the relevance of the document to the query on a scale from 1 to 7. Answer yes or no.",
+    "You are a helpful assistant.",
+    # function words
+    " a an the of to and or is are was were be been in on at by for with from as it its this that"
+    " these those he she they we you his her their our your not no yes do does did has have had"
+    " A An The Of To And Or Is Are Was Were In On At By For With From As It This That He She They We",
 ]
 
 # Qwen2's pre-tokenisation regex (digits are split one by one).
@@ -105,22 +117,26 @@ QWEN2_SPLIT_REGEX = (
 )
 
 # --------------------------------------------------------------------------
-# Crafted-head constants (tuned once with a calibration run; see the notes
-# at the bottom of this file).  Changing them changes the checkpoint bytes.
+# Crafted-weight constants, tuned by hand on 50 (query, document) pairs under
+# four chat prompts (a plain "Query:/Document:" one and the lb-reranker /
+# Qwen3-reranker style ones): label mass 0.78-0.92 (mean ~0.83), "yes"+"no"
+# mass ~0.05-0.08, expected label 3.4-4.4 on average with std 1.1-1.4 per
+# prompt (range ~1.2-6.9), P(yes | yes or no) 0.05-0.95.  Changing any
+# constant changes the checkpoint bytes.
 # --------------------------------------------------------------------------
 EMB_BIAS = 4.0  # constant component of every embedding (hidden dim 0)
 EMB_VALENCE = 1.0  # scale of the per-token valence (hidden dim 1)
 EMB_NOISE = 0.3  # std of the other embedding dimensions (dims 16..)
 VALENCE_GAIN = 4.0  # layer-0 o_proj gain: mean valence -> residual dim 2
-WINDOW = 32.0  # layer-0 attention: Gaussian recency window (std, in tokens)
+WINDOW = 32.0  # layer-0 attention: exponential recency window (decay length, tokens)
 WINDOW_PAIR = 21  # rotary pair used for it: theta = 1e4**(-42/64) ~ 2.4e-3
 LABEL_CENTER = 4.0  # label k has logit A - c (k - 4)^2 + (k - 4) t
 LABEL_CURV = 0.5  # c
-LABEL_LEVEL = 8.6  # A (sets the label mass against ~3k near-zero logits)
+LABEL_LEVEL = 8.6  # A (sets the label mass against the ~1.6k other logits)
 YES_NO_LEVEL = 7.0  # level of the "yes"/"no" logits
 YES_NO_SLOPE = 0.35  # "yes" gets +slope * t, "no" -slope * t
-T_SCALE = 2.0  # beta (see module docstring)
-T_OFFSET = 0.6  # m: mean of h_2 over the calibration prompts
+T_SCALE = 3.4  # beta (see module docstring)
+T_OFFSET = 0.2  # m: offset of h_2 that centres the expected label near 4
 
 # --------------------------------------------------------------------------
 # Training corpus for the tokenizer (a few KB of varied English).
@@ -138,6 +154,7 @@ The film adaptation of To Kill a Mockingbird was released in 1962 and starred Gr
 Who wrote To Kill a Mockingbird? The author of To Kill a Mockingbird is Harper Lee.
 Many schools teach the book because it raises questions about justice and empathy.
 Boo Radley is the mysterious neighbor who leaves small gifts in a tree.
+
 An apple a day keeps the doctor away, or so the old saying goes.
 Apples grow on trees in orchards, and there are thousands of varieties.
 Popular apples include Gala, Fuji, Honeycrisp, Granny Smith, and Red Delicious.
@@ -147,6 +164,7 @@ Apples are a good source of fiber and vitamin C.
 The apple tree is native to Central Asia and was brought to Europe long ago.
 Apple juice and cider are made by pressing fresh apples.
 The company Apple makes phones, tablets, and computers, but that is not a fruit.
+
 Movies are a popular form of entertainment around the world.
 The Godfather is a crime film directed by Francis Ford Coppola in 1972.
 Star Wars was released in 1977 and changed science fiction movies forever.
@@ -156,12 +174,14 @@ A good movie needs a strong story, believable characters, and careful editing.
 Critics gave the new thriller three stars out of five.
 We watched a comedy last night and laughed until midnight.
 The director said the sequel will be filmed next summer in New York.
+
 Numbers are used for counting, measuring, and ordering things.
 One, two, three, four, five, six, seven, eight, nine, ten.
 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 100 1000 2024 3.14 0.5
 The sum of 2 and 3 is 5, and the product of 6 and 7 is 42.
 There are 7 days in a week, 12 months in a year, and 365 days in most years.
 Prime numbers such as 2, 3, 5, 7, 11 and 13 have no divisors except 1 and themselves.
+
 Rate the relevance of the document to the query on a scale from 1 to 7.
 A score of 1 means not relevant at all, and a score of 7 means perfectly relevant.
 Give a score of 4 if the passage is only partly related to the question.
@@ -174,9 +194,11 @@ yes, the document answers the question.
 no, the passage is about something else.
 yes it is relevant
 no it is not relevant
+
 Query: who wrote the book? Document: the book was written by a famous author.
 Query: how to cook rice Passage: rinse the rice, add water, and simmer for twenty minutes.
 Question: what is the capital of France? Answer: Paris is the capital of France.
+
 The capital of Germany is Berlin, and the capital of Italy is Rome.
 Mount Everest is the highest mountain on Earth, at 8849 meters.
 The Pacific Ocean is the largest and deepest ocean.
@@ -189,12 +211,14 @@ The weather today is sunny and warm, but rain is expected tomorrow.
 In winter the lake freezes and children go skating on the ice.
 Football, basketball, tennis, and cricket are played by millions of people.
 The team won the championship after a dramatic final match.
+
 Coffee and tea are the most popular hot drinks in the world.
 To bake bread you need flour, water, salt, and yeast.
 Computers store information as bits, which are zeros and ones.
 Python is a programming language that is easy to read and write.
 A search engine ranks documents by how well they match a query.
 Machine learning models learn patterns from large amounts of data.
+
 The library opens at nine in the morning and closes at six in the evening.
 She read the letter twice before she understood what it meant.
 The train to Chicago leaves from platform four at half past eight.
@@ -213,6 +237,7 @@ The price of the ticket is 25 dollars, or 15 dollars for students.
 This passage has nothing to do with the question that was asked.
 The answer is clearly stated in the second paragraph of the text.
 I am not sure, but the document seems somewhat related to the topic.
+
 Thank you for your help! You are a helpful assistant.
 Given a query and a piece of text, output a score of 1-7 based on how related the query is to the text. 1 means least related and 7 is most related.
 <<<Instruction>>>
@@ -260,7 +285,7 @@ def _train_tokenizer():
         special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(CORPUS.splitlines(), trainer=trainer)
+    tok.train_from_iterator([CORPUS] + NEUTRAL_MARKUP, trainer=trainer)
 
     vocab = tok.get_vocab()
     for t in LABEL_TOKENS + YES_NO_TOKENS + SPECIAL_TOKENS:
@@ -277,7 +302,7 @@ def _neutral_ids(tok) -> set[int]:
     whitespace, digits) and the tokens of common prompt markup."""
     vocab = tok.get_vocab()
     ids = {vocab[t] for t in SPECIAL_TOKENS}
-    for token, tid in vocab.items():
+    for tid in vocab.values():
         text = tok.decode([tid])
         if not any(ch.isalpha() for ch in text):
             ids.add(tid)
@@ -313,10 +338,9 @@ def _make_weights(vocab_size: int, label_ids, yes_id: int, no_id: int, special_i
         w[p + "input_layernorm.weight"] = np.ones(H)
         w[p + "post_attention_layernorm.weight"] = np.ones(H)
         if layer == 0:
-            # content-independent attention with a soft recency window: q and
-            # k are (almost) constant vectors in one low-frequency rotary pair,
-            # so the score is ~ a*b*cos(theta*(i-j))/sqrt(D), a Gaussian-like
-            # window over the last ~WINDOW tokens (where the document usually is).
+            # content-independent attention with a soft recency window over
+            # the last ~WINDOW tokens (where the document usually is): q and k
+            # are (almost) constant vectors in one low-frequency rotary pair.
             q = normal(0.002, N_HEADS * D, H)
             k = normal(0.002, N_KV_HEADS * D, H)
             v = normal(0.01, N_KV_HEADS * D, H)
@@ -336,11 +360,14 @@ def _make_weights(vocab_size: int, label_ids, yes_id: int, no_id: int, special_i
         q_bias = normal(0.01, N_HEADS * D)
         k_bias = normal(0.01, N_KV_HEADS * D)
         if layer == 0:
+            # q = (0, a), k = (b, 0) in rotary pair (i, i + D/2): after RoPE the
+            # score is -a*b*sin(theta*d)/sqrt(D) ~ -d / WINDOW for distance d,
+            # an ALiBi-like exponential recency window.
             theta = ROPE_THETA ** (-2.0 * WINDOW_PAIR / D)
-            ab = D**0.5 / (theta * WINDOW) ** 2
+            ab = D**0.5 / (theta * WINDOW)
             for h in range(N_HEADS):
-                q_bias[h * D + WINDOW_PAIR] = ab**0.5
-                q_bias[h * D + WINDOW_PAIR + D // 2] = 0.0
+                q_bias[h * D + WINDOW_PAIR] = 0.0
+                q_bias[h * D + WINDOW_PAIR + D // 2] = ab**0.5
             k_bias[WINDOW_PAIR] = ab**0.5
             k_bias[WINDOW_PAIR + D // 2] = 0.0
         w[p + "self_attn.q_proj.weight"] = q
@@ -410,7 +437,7 @@ def build_tiny_model(path: str | os.PathLike) -> pathlib.Path:
     vocab_size = tok.get_vocab_size(with_added_tokens=True)
     special_ids = [vocab[t] for t in SPECIAL_TOKENS]
     label_ids = [vocab[t] for t in LABEL_TOKENS]
-    eot_id, im_start_id, im_end_id = special_ids
+    eot_id, _im_start_id, im_end_id = special_ids
 
     tok.save(str(out / "tokenizer.json"), pretty=True)
 
@@ -495,6 +522,7 @@ def build_tiny_model(path: str | os.PathLike) -> pathlib.Path:
         vocab_size, label_ids, vocab["yes"], vocab["no"], special_ids, _neutral_ids(tok)
     )
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(out / "model.safetensors", 0o644)
     return out
 
 
