@@ -167,7 +167,8 @@ def read_trec_run(path: str | Path) -> Ranking:
             qid, _, did, _, score = cols[:5]
             value = float(score)
         except ValueError:
-            raise ValueError(f"run file {path} line {n}: expected 'qid Q0 docid rank score tag', got {line!r:.80}") from None
+            raise ValueError(f"run file {path} line {n}: expected 'qid Q0 docid rank score tag', "
+                             f"got {line!r:.80}") from None
         docs = run.setdefault(qid, {})
         if did in docs:
             raise ValueError(f"run file {path} line {n}: document {did!r} appears twice for query {qid!r}")
@@ -196,7 +197,7 @@ def bm25_run(corpus: dict[str, str], queries: dict[str, str], k: int) -> Ranking
                     show_progress=False)
     query_tokens = bm25s.tokenize(list(queries.values()), stopwords="en", return_ids=False, show_progress=False)
     run: Ranking = {}
-    for qid, tokens in zip(queries, query_tokens):
+    for qid, tokens in zip(queries, query_tokens, strict=True):
         # get_scores drops tokens that are not in the index (BM25.get_tokens_ids); an empty list fails
         scores = retriever.get_scores(tokens) if tokens else np.zeros(len(ids))
         hits = np.flatnonzero(scores > 0)
