@@ -145,9 +145,11 @@ class PromptBuilder:
     def _encode(self, texts: list[str]) -> list[list[int]]:
         # The Rust tokenizer behind a fast tokenizer encodes a batch in parallel, without the
         # Python wrapper's per-call overhead and over-length warnings.
+        # encode_batch_fast (tokenizers >= 0.21) gives the same ids without computing offsets.
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
         if backend is not None:
-            return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+            encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+            return [e.ids for e in encode(texts, add_special_tokens=False)]
         return self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
 
     def _cut(self, text: str, drop: int) -> str:

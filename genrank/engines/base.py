@@ -34,3 +34,14 @@ class Engine(Protocol):
     def tokenizer(self) -> Any | None: ...
 
     def label_logprobs(self, prompts: Prompts, labels: Labels) -> LabelLogprobs: ...
+
+
+def grouped_by_query(prompts: Prompts) -> list[int]:
+    """Prompt indices with each (query, instruction)'s prompts together, in first-seen order.
+
+    In-process engines submit prompts in this order so that a prefix cache can reuse each query's
+    system+query prefix; they return results in input order.
+    """
+    first: dict[tuple[str, str | None], int] = {}
+    keys = [first.setdefault((q, i), len(first)) for q, i in zip(prompts.queries, prompts.instructions)]
+    return sorted(range(len(keys)), key=keys.__getitem__)

@@ -18,19 +18,23 @@ import os
 import re
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any, Literal
 
 import aiohttp
 import numpy as np
 import openai
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 from tqdm.auto import tqdm
+from yarl import URL  # aiohttp's URL type
 
 from ..prompts import Labels, Prompts, label_token_ids
-from .base import LabelLogprobs
+from .base import LabelLogprobs, grouped_by_query
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +56,6 @@ class _Transient(Exception):
 
 class _Rejected(Exception):
     """The server refused this request (4xx other than 401/403/404); retrying will not help."""
-
-    def __init__(self, status: int, reason: str):
-        super().__init__(reason)
-        self.status = status
 
 
 class _RateLimiter:
@@ -97,6 +97,12 @@ class OpenAIEngine:
     A template with an assistant prefix (e.g. qwen3-reranker) in chat mode sends the prefix as
     a final assistant message for the server to continue (vLLM's ``continue_final_message``);
     on other servers use ``mode="completions"``.
+
+    ``tokenizer`` (a name, a path or a tokenizer object; in completions mode the model's by
+    default) lets genrank truncate prompts to ``max_length``; without one, chat prompts go whole.
+    ``requests_per_second`` and ``tokens_per_minute`` pace requests on the client (tokens are
+    counted with the tokenizer, else estimated at 4 characters a token). ``show_progress``
+    (default: when stderr is a terminal) shows a bar with pairs/s and failures so far.
     """
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
@@ -133,6 +139,7 @@ class OpenAIEngine:
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
         self._query = {k: str(v) for k, v in (default_query or {}).items()}
+        self._proxy = _environment_proxy(self.base_url)
         self._top_logprobs = top_logprobs or _MAX_TOP_LOGPROBS
         self._top_logprobs_auto = top_logprobs is None
         self._rps = _RateLimiter(requests_per_second, 1.0) if requests_per_second is not None else None
@@ -178,18 +185,24 @@ class OpenAIEngine:
             extract = _extractor(labels, self._label_ids.get(labels.texts))
             show = self.show_progress if self.show_progress is not None else sys.stderr.isatty()
             with tqdm(total=n, unit="pair", disable=not show, desc="genrank") as bar:
-                pending = iter(range(n))
+                pending = iter(grouped_by_query(prompts))  # a server's prefix cache reuses each query's prefix
 
                 async def worker() -> None:
                     for i in pending:
                         try:
-                            values[i] = await self._post_with_retries(session, lambda: request(i), extract)
+                            values[i] = await self._post_with_retries(session, partial(request, i), extract)
                         except (_Transient, _Rejected) as e:
                             errors[i] = _redact(str(e), self._api_key)
                             bar.set_postfix(failed=len(errors), refresh=False)
                         bar.update()
 
-                await asyncio.gather(*(worker() for _ in range(min(self.concurrency, n))))
+                workers = [asyncio.ensure_future(worker()) for _ in range(min(self.concurrency, n))]
+                try:
+                    await asyncio.gather(*workers)
+                except BaseException:  # a 401/403/404 ends the call: stop the other requests now
+                    for task in workers:
+                        task.cancel()
+                    raise
         if errors:
             log.warning("%d of %d requests failed; first: %s", len(errors), n, errors[min(errors)])
         return LabelLogprobs(values, errors)
@@ -197,7 +210,7 @@ class OpenAIEngine:
     # -- requests ----------------------------------------------------------------------------
 
     async def _request_builder(self, session: aiohttp.ClientSession, prompts: Prompts, labels: Labels):
-        """A function from prompt index to (endpoint, JSON body bytes, token estimate)."""
+        """A function from prompt index to (endpoint, JSON body, token estimate, top logprobs asked)."""
         ids = await self._resolve_label_ids(session, labels)
         if self.mode == "chat":
             url, extra = self._url("chat/completions"), {"logprobs": True}
@@ -226,15 +239,16 @@ class OpenAIEngine:
         lengths = (list(map(len, prompts.token_ids)) if prompts.token_ids is not None
                    else [sum(len(m["content"]) for m in c) // 4 for c in payloads])  # ~4 characters a token
 
-        def request(i: int) -> tuple[str, bytes, int]:
+        def request(i: int) -> tuple[URL, bytes, int, int | None]:
             body = {**head, field: payloads[i]}
+            top = None
             if ids is None:  # read at each attempt: a server may refuse 20 and get 5 on the retry
-                body[top_field] = self._top_logprobs
-            return url, json.dumps(body).encode(), lengths[i] + 1
+                top = body[top_field] = self._top_logprobs
+            return url, json.dumps(body).encode(), lengths[i] + 1, top
 
         return request
 
-    async def _post_with_retries(self, session: aiohttp.ClientSession, request: Callable[[], tuple[str, bytes, int]],
+    async def _post_with_retries(self, session: aiohttp.ClientSession, request: Callable[[], tuple[URL, bytes, int, int | None]],
                                  extract: Callable[[dict], list[float]]) -> list[float]:
         """One prompt's label log-probs, retrying transient failures."""
         retrying = AsyncRetrying(stop=stop_after_attempt(self.max_retries + 1), wait=_wait,
@@ -249,13 +263,13 @@ class OpenAIEngine:
             raise _Transient(f"{e} (gave up after {attempts} attempts)") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _post(self, session: aiohttp.ClientSession, url: str, body: bytes, tokens: int) -> dict:
+    async def _post(self, session: aiohttp.ClientSession, url: URL, body: bytes, tokens: int, top: int | None) -> dict:
         if self._rps is not None:
             await self._rps.acquire()
         if self._tpm is not None:
             await self._tpm.acquire(tokens)
         try:
-            async with session.post(url, data=body, params=self._query) as resp:
+            async with session.post(url, data=body, proxy=self._proxy) as resp:
                 raw = await resp.read()
                 status = resp.status
                 retry_after = _retry_after(resp.headers) if status in _RETRY_STATUS else None
@@ -269,18 +283,19 @@ class OpenAIEngine:
             except ValueError:
                 raise _Transient(f"malformed JSON in response: {raw[:80]!r}") from None
         message = _redact(_server_message(raw), self._api_key)
-        reason = f"HTTP {status} from {url}: {message}"
+        reason = f"HTTP {status} from {url.with_query(None)}: {message}"
         if status in _RETRY_STATUS:
             raise _Transient(reason, retry_after)
         if status in _FATAL:
-            raise _status_error(status, url, raw, reason)
-        if status == 400 and self._top_logprobs_auto and self._top_logprobs > _FALLBACK_TOP_LOGPROBS \
+            raise _status_error(status, str(url.with_query(None)), raw, reason)
+        if status == 400 and self._top_logprobs_auto and (top or 0) > _FALLBACK_TOP_LOGPROBS \
                 and "logprobs" in message.lower():
-            log.warning("server refused top_logprobs=%d (%s); asking for %d", self._top_logprobs, message,
-                        _FALLBACK_TOP_LOGPROBS)
-            self._top_logprobs = _FALLBACK_TOP_LOGPROBS
+            if self._top_logprobs > _FALLBACK_TOP_LOGPROBS:
+                log.warning("server refused top_logprobs=%d (%s); asking for %d", top, message,
+                            _FALLBACK_TOP_LOGPROBS)
+                self._top_logprobs = _FALLBACK_TOP_LOGPROBS
             raise _Transient(reason, retry_after=0.0)
-        raise _Rejected(status, reason)
+        raise _Rejected(reason)
 
     # -- server capabilities -----------------------------------------------------------------
 
@@ -290,8 +305,7 @@ class OpenAIEngine:
         owners = {m.get("owned_by") for m in (models or {}).get("data", []) if isinstance(m, dict)}
         if "vllm" not in owners:
             return "other"
-        root = re.sub(r"/v1$", "", self.base_url)
-        version = str((await self._get_json(session, f"{root}/version") or {}).get("version", ""))
+        version = str((await self._get_json(session, self._url("version", root=True)) or {}).get("version", ""))
         found = re.match(r"(\d+)\.(\d+)", version)
         if found and (int(found[1]), int(found[2])) >= (0, 32):
             return "vllm"
@@ -316,12 +330,11 @@ class OpenAIEngine:
         return ids
 
     async def _server_label_ids(self, session: aiohttp.ClientSession, texts: tuple[str, ...]) -> tuple[int, ...] | None:
-        root = re.sub(r"/v1$", "", self.base_url)
         ids = []
         for text in texts:
             body = {"model": self.model, "prompt": text, "add_special_tokens": False}
             try:
-                async with session.post(f"{root}/tokenize", json=body, params=self._query) as resp:
+                async with session.post(self._url("tokenize", root=True), json=body, proxy=self._proxy) as resp:
                     tokens = (await resp.json()).get("tokens") if resp.status == 200 else None
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
                 tokens = None
@@ -333,19 +346,22 @@ class OpenAIEngine:
             ids.append(tokens[0])
         return tuple(ids)
 
-    async def _get_json(self, session: aiohttp.ClientSession, url: str) -> dict | None:
+    async def _get_json(self, session: aiohttp.ClientSession, url: URL) -> dict | None:
         try:
-            async with session.get(url, params=self._query) as resp:
+            async with session.get(url, proxy=self._proxy) as resp:
                 if resp.status in (401, 403):  # a wrong key; a 404 here may be a gateway without the route
                     raw = await resp.read()
-                    raise _status_error(resp.status, url, raw, f"HTTP {resp.status} from {url}: "
+                    where = str(url.with_query(None))
+                    raise _status_error(resp.status, where, raw, f"HTTP {resp.status} from {where}: "
                                         f"{_redact(_server_message(raw), self._api_key)}")
                 return await resp.json(content_type=None) if resp.status == 200 else None
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
             return None
 
-    def _url(self, path: str) -> str:
-        return f"{self.base_url}/{path}"
+    def _url(self, path: str, root: bool = False) -> URL:
+        """An endpoint with the default query, parsed once (``root``: vLLM's routes outside /v1)."""
+        base = re.sub(r"/v1$", "", self.base_url) if root else self.base_url
+        return URL(f"{base}/{path}").update_query(self._query)
 
 
 def _extractor(labels: Labels, ids: tuple[int, ...] | None):
@@ -355,24 +371,24 @@ def _extractor(labels: Labels, ids: tuple[int, ...] | None):
     after stripping whitespace ("7", " 7" and "7\\n" are one label, their probabilities summed);
     other tokens are ignored.
     """
-    by_text = {t.strip(): k for k, t in enumerate(labels.texts)}
-    by_id = {f"{_TOKEN_ID_PREFIX}{t}": k for k, t in enumerate(ids)} if ids is not None else {}
+    match = {t.strip(): k for k, t in enumerate(labels.texts)}
+    match.update({f"{_TOKEN_ID_PREFIX}{t}": k for k, t in enumerate(ids or ())})
     k_labels = len(labels.texts)
 
     def extract(data: dict) -> list[float]:
+        probs = [0.0] * k_labels
         try:
             logprobs = data["choices"][0]["logprobs"]
             if "content" in logprobs:  # chat: [{"token", "logprob", ...}, ...]
-                top = [(e["token"], e["logprob"]) for e in logprobs["content"][0]["top_logprobs"]]
+                top = ((e["token"], e["logprob"]) for e in logprobs["content"][0]["top_logprobs"])
             else:  # completions: {token: logprob}
-                top = list(logprobs["top_logprobs"][0].items())
-        except (KeyError, IndexError, TypeError):
-            raise _Transient("response has no first-token top logprobs") from None
-        probs = [0.0] * k_labels
-        for token, logprob in top:
-            k = by_id.get(token) if token.startswith(_TOKEN_ID_PREFIX) else by_text.get(token.strip())
-            if k is not None:
-                probs[k] += math.exp(min(float(logprob), 0.0))
+                top = logprobs["top_logprobs"][0].items()
+            for token, logprob in top:
+                k = match.get(token.strip())
+                if k is not None:
+                    probs[k] += math.exp(min(float(logprob), 0.0))
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            raise _Transient("response has no usable first-token top logprobs") from None
         return [math.log(min(p, 1.0)) if p > 0.0 else -math.inf for p in probs]
 
     return extract
@@ -387,7 +403,7 @@ def _wait(state) -> float:
     return _backoff(state)
 
 
-_backoff = wait_exponential_jitter(initial=0.5, max=30.0, jitter=0.5)
+_backoff = wait_exponential(multiplier=0.5, max=30.0) + wait_random(0.0, 0.5)  # 0.5 s, 1 s, 2 s, ... plus jitter
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -428,7 +444,7 @@ def _status_error(status: int, url: str, raw: bytes, reason: str) -> openai.APIS
     # openai/_exceptions.py APIStatusError(message, *, response, body); take the module it uses.
     from openai import _exceptions
 
-    http = getattr(_exceptions, "httpx2", None) or getattr(_exceptions, "httpx")
+    http = getattr(_exceptions, "httpx2", None) or _exceptions.httpx
     response = http.Response(status, content=raw, request=http.Request("POST", url))
     try:
         body = json.loads(raw)
@@ -443,6 +459,18 @@ def _redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
 
 
+def _environment_proxy(url: str) -> str | None:
+    """The proxy that HTTP(S)_PROXY / NO_PROXY set for ``url``, as the openai package (httpx) reads them.
+
+    Looked up once: aiohttp's ``trust_env`` does it (and a .netrc lookup) on a worker thread for
+    every request, which costs more CPU than the request itself.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass_environment(parts.hostname or ""):
+        return None
+    return urllib.request.getproxies_environment().get(parts.scheme)
+
+
 def _load_tokenizer(tokenizer: Any | None, trust_remote_code: bool) -> Any | None:
     if tokenizer is None or not isinstance(tokenizer, str):
         return tokenizer
@@ -450,4 +478,8 @@ def _load_tokenizer(tokenizer: Any | None, trust_remote_code: bool) -> Any | Non
         from transformers import AutoTokenizer
     except ImportError:
         raise ImportError("loading a tokenizer by name needs transformers: pip install transformers") from None
-    return AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=trust_remote_code)
+    try:
+        return AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load the tokenizer {tokenizer!r} (completions mode and prompt truncation need "
+                         f"the model's tokenizer; pass tokenizer=NAME_OR_PATH or a tokenizer object): {e}") from None

@@ -1,0 +1,299 @@
+"""The OpenAI-compatible driver against a local fault-injecting server (tests/openai_test_server.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("aiohttp", reason="the openai engine's packages are not installed (pip install 'genrank[openai]')")
+openai = pytest.importorskip("openai")
+
+from openai_test_server import FAULTS, FakeOpenAIServer, distribution
+from tenacity import wait_exponential, wait_random
+
+import genrank.engines.openai as openai_engine
+from genrank import Reranker
+from genrank.engines.openai import OpenAIEngine
+from genrank.prompts import Labels, PromptBuilder
+from genrank.templates import load_template
+
+KEY = "sk-genrank-test-5f3a9c0d7e1b2468"
+LABELS_1_7 = Labels(tuple("1234567"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch):
+    """No keys or base URL from the developer's environment; quick backoff (Retry-After still honoured)."""
+    for name in ("OPENAI_API_KEY", "GENRANK_API_KEY", "OPENAI_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(openai_engine, "_backoff", wait_exponential(multiplier=0.01, max=0.05) + wait_random(0, 0.01))
+
+
+def chat_prompts(documents: list[str], template: str = "lb-reranker-v1"):
+    builder = PromptBuilder(load_template(template), None)
+    return builder.build([f"query {n}" for n in range(len(documents))], documents)
+
+
+def documents(n: int) -> list[str]:
+    return [f"document number {n}, about apples and their varieties" for n in range(n)]
+
+
+def expected_logprobs(messages: list[dict], labels: tuple[str, ...], top: int) -> list[float]:
+    """What the server's distribution gives for the labels among its ``top`` tokens."""
+    seen = dict(distribution(json.dumps(messages, sort_keys=True))[:top])
+    return [seen.get(label, -math.inf) for label in labels]
+
+
+# -- faults survived ---------------------------------------------------------------------------
+
+def test_2000_pairs_with_faults_on_20_percent_score_like_a_fault_free_run():
+    pairs = [(f"query {n % 37}", doc) for n, doc in enumerate(documents(2000))]
+    with FakeOpenAIServer() as server:
+        clean = Reranker("test-model", engine="openai", base_url=server.url).score_details(pairs)
+    with FakeOpenAIServer(fault_rate=0.2, slow_seconds=2.5) as server:
+        rr = Reranker("test-model", engine="openai", base_url=server.url, timeout=1.0, max_retries=4)
+        faulty = rr.score_details(pairs)
+    assert set(server.faults_served) == set(FAULTS)
+    assert 0.15 * 2000 < sum(server.faults_served.values()) < 0.35 * 2000
+    assert faulty.errors == {} and clean.errors == {}
+    assert len(faulty.score) == 2000 and not np.isnan(faulty.score).any()
+    np.testing.assert_allclose(faulty.score, clean.score, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(faulty.label_mass, clean.label_mass, rtol=0, atol=1e-12)
+
+
+def test_completions_mode_with_faults_scores_like_a_fault_free_run(tiny_tokenizer):
+    builder = PromptBuilder(load_template("lb-reranker-v1"), tiny_tokenizer, max_length=256)
+    prompts = builder.build([f"query {n % 7}" for n in range(300)], documents(300))
+    with FakeOpenAIServer() as server:
+        engine = OpenAIEngine("test-model", base_url=server.url, mode="completions", tokenizer=tiny_tokenizer)
+        clean = engine.label_logprobs(prompts, builder.labels)
+        assert server.requests[-1]["body"]["prompt"] in prompts.token_ids
+        assert server.requests[-1]["path"] == "/v1/completions"
+    with FakeOpenAIServer(fault_rate=0.2, slow_seconds=2.5) as server:
+        engine = OpenAIEngine("test-model", base_url=server.url, mode="completions", tokenizer=tiny_tokenizer,
+                              timeout=1.0)
+        faulty = engine.label_logprobs(prompts, builder.labels)
+    assert engine.prompt_format == "tokens"
+    assert faulty.errors == {} and sum(server.faults_served.values()) > 30
+    np.testing.assert_allclose(faulty.values, clean.values, rtol=0, atol=1e-12)
+
+
+def test_a_pair_that_keeps_failing_is_recorded_and_the_rest_complete():
+    docs = documents(5)
+    docs[1] += " [[fault:503:inf]]"
+    prompts = chat_prompts(docs)
+    with FakeOpenAIServer() as server:
+        out = OpenAIEngine("test-model", base_url=server.url, max_retries=2).label_logprobs(prompts, LABELS_1_7)
+        chats = prompts.chats()
+        assert server.attempts[json.dumps(chats[1], sort_keys=True)] == 3
+    assert list(out.errors) == [1]
+    assert "HTTP 503" in out.errors[1] and "injected 503" in out.errors[1] and "after 3 attempts" in out.errors[1]
+    for n in (0, 2, 3, 4):  # input order kept
+        np.testing.assert_allclose(out.values[n], expected_logprobs(chats[n], LABELS_1_7.texts, 20))
+
+
+def test_reranker_reports_failed_pairs_as_nan_with_reason():
+    pairs = [("q", "fine"), ("q", "broken [[fault:502:inf]]"), ("q", "also fine")]
+    with FakeOpenAIServer() as server:
+        result = Reranker("test-model", engine="openai", base_url=server.url, max_retries=1).score_details(pairs)
+    assert np.isnan(result.score[1]) and not np.isnan(result.score[[0, 2]]).any()
+    assert "HTTP 502" in result.errors[1]
+
+
+def test_client_errors_are_not_retried_and_name_status_and_message():
+    prompts = chat_prompts(["ok", "too long [[fault:400:inf]]"])
+    with FakeOpenAIServer() as server:
+        out = OpenAIEngine("test-model", base_url=server.url).label_logprobs(prompts, LABELS_1_7)
+        assert len(server.requests) == 2  # one attempt each
+    assert list(out.errors) == [1] and "HTTP 400" in out.errors[1] and "injected 400" in out.errors[1]
+
+
+def test_retry_after_is_honoured():
+    prompts = chat_prompts(["busy [[fault:429:1]]"])
+    with FakeOpenAIServer(retry_after="1") as server:
+        start = time.monotonic()
+        out = OpenAIEngine("test-model", base_url=server.url).label_logprobs(prompts, LABELS_1_7)
+        waited = server.requests[1]["time"] - server.requests[0]["time"]
+    assert out.errors == {} and time.monotonic() - start >= waited >= 0.95
+
+
+def test_not_found_raises_openai_error_at_once():
+    prompts = chat_prompts(["x [[fault:404:inf]]"] * 3)
+    with FakeOpenAIServer() as server, pytest.raises(openai.NotFoundError, match="HTTP 404.*injected 404"):
+        OpenAIEngine("test-model", base_url=server.url, concurrency=1).label_logprobs(prompts, LABELS_1_7)
+    assert len(server.requests) == 1
+
+
+# -- the API key never leaks -------------------------------------------------------------------
+
+def test_api_key_is_sent_but_never_shown(caplog):
+    caplog.set_level(logging.DEBUG)
+    prompts = chat_prompts(["ok", "gateway [[fault:echo-key:inf]]"])
+    with FakeOpenAIServer() as server:
+        engine = OpenAIEngine("test-model", base_url=server.url, api_key=KEY, max_retries=1)
+        out = engine.label_logprobs(prompts, LABELS_1_7)
+        assert server.requests[0]["headers"]["Authorization"] == f"Bearer {KEY}"
+        with pytest.raises(openai.AuthenticationError) as raised:
+            engine.label_logprobs(chat_prompts(["denied [[fault:401:1]]"]), LABELS_1_7)
+    assert "HTTP 500" in out.errors[1] and "***" in out.errors[1]
+    shown = [repr(engine), str(engine), str(out.errors), caplog.text, str(raised.value), repr(raised.value),
+             str(raised.value.response.request.headers), repr(Reranker(engine=engine))]
+    assert "HTTP 401" in str(raised.value)
+    assert not any(KEY in text for text in shown)
+
+
+def test_api_key_from_environment(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-openai-variable")
+    with FakeOpenAIServer() as server:
+        OpenAIEngine("test-model", base_url=server.url).label_logprobs(chat_prompts(["a"]), LABELS_1_7)
+        monkeypatch.setenv("GENRANK_API_KEY", "sk-from-genrank-variable")
+        OpenAIEngine("test-model", base_url=server.url).label_logprobs(chat_prompts(["b"]), LABELS_1_7)
+    assert [r["headers"]["Authorization"] for r in server.requests] == [
+        "Bearer sk-from-openai-variable", "Bearer sk-from-genrank-variable"]
+
+
+def test_gateway_headers_query_and_base_url_from_environment(monkeypatch):
+    with FakeOpenAIServer() as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        engine = OpenAIEngine("test-model", default_headers={"api-key": "k"}, default_query={"api-version": "2024-10"})
+        engine.label_logprobs(chat_prompts(["a"]), LABELS_1_7)
+    request = server.requests[0]
+    assert request["headers"]["api-key"] == "k" and request["query"] == {"api-version": "2024-10"}
+    assert "Authorization" not in request["headers"]  # no key, no header (local servers)
+
+
+# -- what is asked and how it is read ----------------------------------------------------------
+
+def test_chat_request_and_exact_label_reading():
+    prompts = chat_prompts(["a passage"])
+    with FakeOpenAIServer() as server:
+        out = OpenAIEngine("test-model", base_url=server.url).label_logprobs(prompts, LABELS_1_7)
+    body = server.requests[0]["body"]
+    assert body["messages"] == prompts.chats()[0]
+    assert (body["model"], body["max_tokens"], body["logprobs"], body["top_logprobs"]) == ("test-model", 1, True, 20)
+    np.testing.assert_allclose(out.values[0], expected_logprobs(prompts.chats()[0], LABELS_1_7.texts, 20))
+
+
+def test_top_logprobs_steps_down_when_the_server_allows_fewer():
+    prompts = chat_prompts(documents(40))
+    with FakeOpenAIServer(max_top_logprobs=5) as server:
+        out = OpenAIEngine("test-model", base_url=server.url, concurrency=8).label_logprobs(prompts, LABELS_1_7)
+    assert out.errors == {}
+    asked = [r["body"]["top_logprobs"] for r in server.requests]
+    assert asked.count(5) == 40 and set(asked) == {5, 20}  # the first wave asked for 20 and was refused
+    for n, chat in enumerate(prompts.chats()):
+        np.testing.assert_allclose(out.values[n], expected_logprobs(chat, LABELS_1_7.texts, 5))
+
+
+def test_labels_match_after_stripping_whitespace_and_other_tokens_are_ignored():
+    extract = openai_engine._extractor(Labels(("1", "2", "yes")), ids=None)
+    chat = {"choices": [{"logprobs": {"content": [{"token": "2", "logprob": -1.0, "top_logprobs": [
+        {"token": "2", "logprob": math.log(0.2)}, {"token": " 2", "logprob": math.log(0.1)},
+        {"token": "2\n", "logprob": math.log(0.05)}, {"token": "07", "logprob": -0.1}, {"token": "1.", "logprob": -0.1},
+        {"token": "seven", "logprob": -0.1}, {"token": " yes", "logprob": math.log(0.3)}]}]}}]}
+    np.testing.assert_allclose(extract(chat), [-math.inf, math.log(0.35), math.log(0.3)])
+    completions = {"choices": [{"logprobs": {"top_logprobs": [{"1": math.log(0.5), "\n1": math.log(0.25), "x": -1}]}}]}
+    np.testing.assert_allclose(extract(completions), [math.log(0.75), -math.inf, -math.inf])
+    by_id = openai_engine._extractor(Labels(("1", "2")), ids=(15, 16))
+    ids = {"choices": [{"logprobs": {"content": [{"token": "token_id:99", "logprob": -0.5, "top_logprobs": [
+        {"token": "token_id:99", "logprob": -0.5}, {"token": "token_id:16", "logprob": -2.0},
+        {"token": "token_id:15", "logprob": -9999.0}]}]}}]}
+    assert by_id(ids) == [-math.inf, -2.0]  # vLLM floors log-probs at -9999: probability 0 in float64
+    for broken in ({"choices": []}, {"choices": [{"logprobs": None}]},
+                   {"choices": [{"logprobs": {"content": [{"token": "1", "top_logprobs": [{"token": "1"}]}]}}]},
+                   {"choices": [{"logprobs": {"top_logprobs": [{"1": None}]}}]}):
+        with pytest.raises(openai_engine._Transient, match="no usable first-token top logprobs"):
+            extract(broken)
+
+
+def test_assistant_prefix_in_chat_mode_needs_a_vllm_server():
+    prompts = chat_prompts(["a"], template="qwen3-reranker")
+    with FakeOpenAIServer() as server, pytest.raises(ValueError, match="mode='completions'"):
+        OpenAIEngine("test-model", base_url=server.url).label_logprobs(prompts, Labels(("no", "yes")))
+
+
+# -- calling conventions -----------------------------------------------------------------------
+
+def test_sync_call_works_inside_a_running_event_loop_and_async_call_too():
+    prompts = chat_prompts(documents(3))
+    with FakeOpenAIServer() as server:
+        engine = OpenAIEngine("test-model", base_url=server.url)
+
+        async def notebook_cell():
+            return engine.label_logprobs(prompts, LABELS_1_7), await engine.alabel_logprobs(prompts, LABELS_1_7)
+
+        sync, native = asyncio.run(notebook_cell())
+    np.testing.assert_array_equal(sync.values, native.values)
+    assert sync.errors == native.errors == {}
+
+
+def test_requests_per_second_limit_spaces_requests():
+    with FakeOpenAIServer() as server:
+        engine = OpenAIEngine("test-model", base_url=server.url, requests_per_second=20, concurrency=8)
+        engine.label_logprobs(chat_prompts(documents(6)), LABELS_1_7)
+    times = sorted(r["time"] for r in server.requests)
+    assert times[-1] - times[0] >= 5 / 20 - 0.02
+
+
+def test_tokens_per_minute_limit_spaces_requests(tiny_tokenizer):
+    builder = PromptBuilder(load_template("lb-reranker-v1"), tiny_tokenizer)
+    prompts = builder.build(["q"] * 4, ["d"] * 4)
+    per_request = len(prompts.token_ids[0]) + 1
+    with FakeOpenAIServer() as server:
+        engine = OpenAIEngine("test-model", base_url=server.url, tokenizer=tiny_tokenizer,
+                              tokens_per_minute=per_request * 60 * 10)  # 10 requests a second
+        engine.label_logprobs(prompts, builder.labels)
+    times = sorted(r["time"] for r in server.requests)
+    assert times[-1] - times[0] >= 3 / 10 - 0.02
+
+
+def test_bad_options_are_named():
+    with pytest.raises(ValueError, match="mode must be"):
+        OpenAIEngine("m", mode="chatty")
+    with pytest.raises(ValueError, match="concurrency"):
+        OpenAIEngine("m", concurrency=0)
+    with pytest.raises(ValueError, match="top_logprobs"):
+        OpenAIEngine("m", top_logprobs=50)
+
+
+def test_progress_bar_shows_failures_when_asked(capsys):
+    prompts = chat_prompts(["ok", "down [[fault:503:inf]]", "ok too"])
+    with FakeOpenAIServer() as server:
+        OpenAIEngine("test-model", base_url=server.url, max_retries=0, show_progress=True).label_logprobs(
+            prompts, LABELS_1_7)
+        OpenAIEngine("test-model", base_url=server.url, show_progress=False).label_logprobs(
+            chat_prompts(["x"]), LABELS_1_7)
+    err = capsys.readouterr().err
+    assert "3/3" in err and "failed=1" in err and "1/1" not in err
+
+
+def test_cli_rank_through_a_server_with_a_key_from_the_environment(tmp_path, capsys, monkeypatch):
+    from genrank.cli import main
+
+    monkeypatch.setenv("GENRANK_API_KEY", KEY)
+    docs = tmp_path / "docs.txt"
+    docs.write_text("apples are fruit\nthe moon is far\n")
+    with FakeOpenAIServer() as server:
+        assert main(["rank", "what is an apple", "--docs", str(docs), "-m", "test-model", "-e", "openai",
+                     "--base-url", server.url, "--json"]) == 0
+        assert server.requests[-1]["headers"]["Authorization"] == f"Bearer {KEY}"
+    out = capsys.readouterr()
+    assert len(out.out.splitlines()) == 2 and KEY not in out.out + out.err
+
+
+def test_completions_mode_without_a_loadable_tokenizer_says_so(tmp_path):
+    with pytest.raises(ValueError, match="cannot load the tokenizer"):
+        OpenAIEngine(str(tmp_path / "no-such-model"), mode="completions")
+
+
+def test_proxy_comes_from_the_environment_like_the_openai_package(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
+    assert openai_engine._environment_proxy("https://llm.example.com/v1") == "http://proxy.internal:3128"
+    assert openai_engine._environment_proxy("http://127.0.0.1:8000/v1") is None
