@@ -129,8 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.set_defaults(func=cmd_templates)
 
-    from . import evaluate  # here, not at the top: evaluate imports this module
+    from . import batch, evaluate  # here, not at the top: they import this module
 
+    batch.add_command(sub, fmt)
     evaluate.add_command(sub, fmt)
     return parser
 
@@ -146,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CliError, ValueError, ImportError, FileNotFoundError) as e:
+        print(f"genrank: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        openai = sys.modules.get("openai")  # a server's 401/403/404 from the remote engine
+        if openai is None or not isinstance(e, openai.OpenAIError):
+            raise
         print(f"genrank: error: {e}", file=sys.stderr)
         return 2
 

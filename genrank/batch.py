@@ -1,0 +1,211 @@
+"""Score a file of pairs into a file of scores: streamed, in order, resumable, sharded.
+
+>>> from genrank import Reranker
+>>> from genrank.batch import score_file
+>>> summary = score_file("pairs.jsonl", "scores.jsonl", Reranker("lightblue/lb-reranker-0.5B-v1.0"))
+
+Chunks of ``chunk_size`` input rows are read, scored with ``Reranker.score_details`` and appended
+to the output, so memory stays flat. Rerunning on the same output (same input, ``chunk_size`` and
+``shard``) skips the rows already written, after checking their ids against the input, and redoes
+a torn last row. ``shard=(i, n)`` scores chunks i, i+n, i+2n, ... so that n machines split one
+input without overlap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import os
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from . import io
+from .io import Fields, InputRow
+from .reranker import Reranker
+
+
+@dataclass
+class BatchSummary:
+    """What a run did: pairs scored (failed included), failed, skipped (done by an earlier run), seconds."""
+
+    pairs: int = 0
+    failed: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+
+    @property
+    def pairs_per_second(self) -> float:
+        return self.pairs / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        skipped = f", {self.skipped:,} already done" if self.skipped else ""
+        return (f"{self.pairs:,} pairs scored, {self.failed:,} failed{skipped} "
+                f"in {self.seconds:.1f} s ({self.pairs_per_second:,.0f} pairs/s)")
+
+
+def score_file(input_path: str | os.PathLike, output_path: str | os.PathLike, reranker: Reranker, *,
+               format: str | None = None, query_field: str = "query", document_field: str = "document",
+               id_field: str = "id", documents_field: str | None = None, chunk_size: int = 1024,
+               shard: tuple[int, int] | None = None, show_progress: bool = False) -> BatchSummary:
+    """Score every pair of ``input_path`` (JSONL, CSV or Parquet) into ``output_path`` (same format).
+
+    Each output row has the input row's ``id`` (its 0-based row number when it has none),
+    ``score``, ``label_mass`` and ``error`` (null unless the row could not be scored; JSONL writes
+    it only then). With ``documents_field`` each input row is one query with a list of
+    documents, and ``score``/``label_mass`` are lists in document order. A row that fails
+    (bad field, engine error) is written with its error and the run goes on.
+    """
+    fmt = io.detect_format(input_path, format)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size!r}")
+    index, count = shard or (0, 1)
+    if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+    fields = Fields(query_field, document_field, id_field, documents_field)
+    rows = io.read_rows(input_path, fmt, fields)
+    writer = io.open_writer(output_path, fmt, list_mode=documents_field is not None)
+    done, done_ids = writer.resume()
+    summary = BatchSummary()
+    start = time.perf_counter()
+    total = io.count_rows(input_path, fmt) if show_progress else None
+    if total is not None and count > 1:
+        total = len(range(index * chunk_size, total, count * chunk_size)) * chunk_size
+    bar = tqdm(total=total, unit="query" if documents_field else "pair", disable=not show_progress, dynamic_ncols=True)
+    try:
+        for chunk in itertools.islice(_chunks(rows, chunk_size), index, None, count):
+            skip = min(done, len(chunk))
+            for row, row_id in zip(chunk[:skip], done_ids):
+                if row_id != row.id and str(row_id) != str(row.id):
+                    raise ValueError(f"{str(output_path)!r} does not continue {str(input_path)!r}: it has id "
+                                     f"{row_id!r} where the input has {row.id!r}; remove it or choose another output")
+                summary.skipped += row.pairs
+            done -= skip
+            if todo := chunk[skip:]:
+                records, pairs, failed = score_rows(reranker, todo, documents_field is not None)
+                writer.write(records)
+                summary.pairs += pairs
+                summary.failed += failed
+            bar.update(len(chunk))
+        if done:
+            raise ValueError(f"{str(output_path)!r} has {done} more rows than this input"
+                             f"{' shard' if count > 1 else ''}; remove it or choose another output")
+    except BaseException:
+        writer.close()  # as it stands: a rerun resumes from here
+        raise
+    finally:
+        bar.close()
+    writer.finish()
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def score_rows(reranker: Reranker, rows: list[InputRow], list_mode: bool) -> tuple[list[dict[str, Any]], int, int]:
+    """Output records of validated rows (one ``score_details`` call), with pair and failure counts.
+
+    A row that could not be read counts as one failed pair (its documents are unknown).
+    """
+    pairs = [(row.query, doc) for row in rows if row.error is None for doc in row.documents]
+    result = reranker.score_details(pairs) if pairs else None
+    records, scored, failed = [], 0, 0
+    for row in rows:
+        if row.error is not None:
+            records.append(io.output_record(row.id, None, None, row.error))
+            failed += 1
+            continue
+        span = range(scored, scored + len(row.documents))
+        scored = span.stop
+        score = result.score[span.start:span.stop].tolist() if span else []
+        mass = result.label_mass[span.start:span.stop].tolist() if span else []
+        errors = {i - span.start: result.errors[i] for i in span if i in result.errors}
+        failed += len(errors)
+        if list_mode:
+            error = "; ".join(f"document {i}: {why}" for i, why in errors.items()) or None
+            records.append(io.output_record(row.id, score, mass, error))
+        else:
+            records.append(io.output_record(row.id, score[0], mass[0], errors.get(0)))
+    return records, scored + sum(row.error is not None for row in rows), failed
+
+
+def _chunks(rows: Iterator[InputRow], size: int) -> Iterator[list[InputRow]]:
+    while chunk := list(itertools.islice(rows, size)):
+        yield chunk
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``."""
+    i, sep, n = text.partition("/")
+    try:
+        shard = (int(i), int(n))
+    except ValueError:
+        shard = None
+    if not sep or shard is None or not 0 <= shard[0] < shard[1]:
+        raise argparse.ArgumentTypeError(f"--shard must be I/N with 0 <= I < N, got {text!r}")
+    return shard
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .cli import CliError, reranker_from_args
+
+    if not os.path.exists(args.input):
+        raise CliError(f"input {args.input!r} does not exist")
+    fields = {"query_field": args.query_field, "document_field": args.document_field, "id_field": args.id_field,
+              "documents_field": args.documents_field}
+    if args.ray:
+        try:
+            from . import ray as genrank_ray
+        except ImportError as e:
+            raise ImportError(f"--ray needs Ray Data ({e}); install it with: pip install 'genrank[ray]'") from e
+        if args.shard is not None:
+            raise CliError("--shard splits work between machines by hand; --ray does that itself")
+        make_reranker = functools.partial(reranker_from_args, args)
+        summary = genrank_ray.score_files_ray(
+            args.input, args.output, make_reranker, format=args.format, num_gpus=args.num_gpus,
+            concurrency=args.concurrency, num_cpus=args.num_cpus, batch_size=args.chunk_size, **fields)
+    else:
+        fmt = io.detect_format(args.input, args.format)
+        if io.FORMATS.get(os.path.splitext(args.output)[1].lower(), fmt) != fmt:
+            raise CliError(f"the output is written in the input's format ({fmt}); give {args.output!r} a .{fmt} name")
+        reranker = reranker_from_args(args)
+        summary = score_file(args.input, args.output, reranker, format=fmt, chunk_size=args.chunk_size,
+                             shard=args.shard, show_progress=not args.quiet, **fields)
+    print(f"genrank score: {summary}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def add_command(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
+    """Add ``genrank score`` to the CLI's subparsers."""
+    from .cli import add_model_options
+
+    p = sub.add_parser(
+        "score", formatter_class=fmt, help="score a JSONL, CSV or Parquet file of pairs (resumable, sharded)",
+        description="Score every (query, document) pair of INPUT into OUTPUT (same format): the input's ids "
+                    "plus score and label_mass, and error for rows that could not be scored. Rerun on the "
+                    "same OUTPUT to resume after an interruption. Exits 1 if any pair failed.")
+    p.add_argument("input", help="input file: .jsonl, .csv or .parquet")
+    p.add_argument("--output", "-o", required=True, help="output file, in the input's format (Parquet: built in OUTPUT.parts/, merged at the end)")
+    p.add_argument("--format", choices=sorted(set(io.FORMATS.values())), default=None,
+                   help="file format; None: from the input's extension")
+    p.add_argument("--query-field", default="query", help="field holding the query")
+    p.add_argument("--document-field", default="document", help="field holding the document")
+    p.add_argument("--id-field", default="id", help="field holding the row id (rows without one get their row number)")
+    p.add_argument("--documents-field", default=None,
+                   help="field holding a list of documents: one query per row; None: one pair per row")
+    p.add_argument("--chunk-size", type=int, default=1024, help="input rows read, scored and written at a time")
+    p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
+                   help="score only chunks I, I+N, I+2N, ... (0 <= I < N), to split one input over N machines")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    g = p.add_argument_group("Ray Data (pip install 'genrank[ray]')")
+    g.add_argument("--ray", action="store_true",
+                   help="run on Ray Data (the cluster at RAY_ADDRESS, else a local one): one engine per actor, "
+                        "jsonl or parquet only, OUTPUT is a folder, rows not in input order")
+    g.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per engine actor")
+    g.add_argument("--concurrency", type=int, default=1, help="number of engine actors")
+    g.add_argument("--num-cpus", type=float, default=None, help="CPUs per engine actor; None: Ray's default (1)")
+    add_model_options(p)
+    p.set_defaults(func=cmd_score)
