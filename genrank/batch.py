@@ -4,8 +4,8 @@
 >>> from genrank.batch import score_file
 >>> summary = score_file("pairs.jsonl", "scores.jsonl", Reranker("lightblue/lb-reranker-0.5B-v1.0"))
 
-Chunks of ``chunk_size`` input rows are read, scored with ``Reranker.score_details`` and appended
-to the output, so memory stays flat. Rerunning on the same output (same input, ``chunk_size`` and
+Chunks of ``chunk_size`` input rows are read, scored and appended to the output, so memory stays
+flat; the next chunk's prompts are built while the engine scores the current one. Rerunning on the same output (same input, ``chunk_size`` and
 ``shard``) skips the rows already written, after checking their ids against the input, and redoes
 a torn last row. ``shard=(i, n)`` scores chunks i, i+n, i+2n, ... so that n machines split one
 input without overlap.
@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import io
 from .io import Fields, InputRow
-from .reranker import Reranker
+from .reranker import Reranker, ScoredPairs, prefetch
 
 
 @dataclass
@@ -77,7 +77,9 @@ def score_file(input_path: str | os.PathLike, output_path: str | os.PathLike, re
     if total is not None and count > 1:
         total = len(range(index * chunk_size, total, count * chunk_size)) * chunk_size
     bar = tqdm(total=total, unit="query" if documents_field else "pair", disable=not show_progress, dynamic_ncols=True)
-    try:
+    def pending() -> Iterator[tuple[list[InputRow], list[InputRow]]]:
+        """(chunk, rows still to score) of this shard, checking the resumed prefix against the input."""
+        nonlocal done
         for chunk in itertools.islice(_chunks(rows, chunk_size), index, None, count):
             skip = min(done, len(chunk))
             for row, row_id in zip(chunk[:skip], done_ids):
@@ -86,8 +88,19 @@ def score_file(input_path: str | os.PathLike, output_path: str | os.PathLike, re
                                      f"{row_id!r} where the input has {row.id!r}; remove it or choose another output")
                 summary.skipped += row.pairs
             done -= skip
-            if todo := chunk[skip:]:
-                records, pairs, failed = score_rows(reranker, todo, documents_field is not None)
+            yield chunk, chunk[skip:]
+
+    def prepare(work: tuple[list[InputRow], list[InputRow]]):
+        chunk, todo = work
+        pairs = _pairs(todo)
+        return chunk, todo, reranker.prepare(pairs) if pairs else None
+
+    try:
+        # The next chunk is read and its prompts built while the engine scores this one.
+        for chunk, todo, prompts in prefetch(prepare, pending()):
+            if todo:
+                result = reranker.score_prompts(prompts) if prompts is not None else None
+                records, pairs, failed = _records(todo, result, documents_field is not None)
                 writer.write(records)
                 summary.pairs += pairs
                 summary.failed += failed
@@ -106,12 +119,20 @@ def score_file(input_path: str | os.PathLike, output_path: str | os.PathLike, re
 
 
 def score_rows(reranker: Reranker, rows: list[InputRow], list_mode: bool) -> tuple[list[dict[str, Any]], int, int]:
-    """Output records of validated rows (one ``score_details`` call), with pair and failure counts.
+    """Output records of validated rows (one ``score_details`` call), with pair and failure counts."""
+    pairs = _pairs(rows)
+    return _records(rows, reranker.score_details(pairs) if pairs else None, list_mode)
+
+
+def _pairs(rows: list[InputRow]) -> list[tuple[str, str]]:
+    return [(row.query, doc) for row in rows if row.error is None for doc in row.documents]
+
+
+def _records(rows: list[InputRow], result: ScoredPairs | None, list_mode: bool) -> tuple[list[dict[str, Any]], int, int]:
+    """Output records of ``rows`` from the scores of their pairs, with pair and failure counts.
 
     A row that could not be read counts as one failed pair (its documents are unknown).
     """
-    pairs = [(row.query, doc) for row in rows if row.error is None for doc in row.documents]
-    result = reranker.score_details(pairs) if pairs else None
     records, scored, failed = [], 0, 0
     for row in rows:
         if row.error is not None:

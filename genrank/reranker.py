@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .engines import Engine, make_engine
-from .prompts import PromptBuilder
+from .prompts import PromptBuilder, Prompts
 from .scorer import expected_scores
 from .templates import DEFAULT_TEMPLATE, Template, load_template
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 class ScoringError(RuntimeError):
@@ -118,21 +122,28 @@ class Reranker:
                 for i in order]
 
     def score_details(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None) -> ScoredPairs:
-        """Scores, label mass, truncation and per-pair errors, in input order; never raises for one pair."""
+        """Scores, label mass, truncation and per-pair errors, in input order; never raises for one pair.
+
+        Pairs go through in chunks of ``chunk_size``; the next chunk's prompts are built while the
+        engine scores the current one.
+        """
         queries, documents = split_pairs(pairs)
-        if instructions is None:
-            instructions = [self.instruction] * len(queries)
-        n = len(queries)
+        instructions = list(instructions) if instructions is not None else [self.instruction] * len(queries)
+        spans = [slice(start, start + self.chunk_size) for start in range(0, len(queries), self.chunk_size)]
         parts = []
-        with tqdm(total=n, unit="pair", disable=not self.show_progress) as bar:
-            for start in range(0, n, self.chunk_size):
-                end = min(start + self.chunk_size, n)
-                parts.append(self._score_chunk(queries[start:end], documents[start:end], instructions[start:end]))
-                bar.update(end - start)
+        with tqdm(total=len(queries), unit="pair", disable=not self.show_progress) as bar:
+            for prompts in prefetch(lambda s: self.builder.build(queries[s], documents[s], instructions[s]), spans):
+                parts.append(self.score_prompts(prompts))
+                bar.update(len(prompts))
         return _concat(parts)
 
-    def _score_chunk(self, queries: list[str], documents: list[str], instructions: Sequence[str | None]) -> ScoredPairs:
-        prompts = self.builder.build(queries, documents, instructions)
+    def prepare(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None) -> Prompts:
+        """Validate pairs and render their prompts (truncated to ``max_length``) for ``score_prompts``."""
+        queries, documents = split_pairs(pairs)
+        return self.builder.build(queries, documents, instructions or [self.instruction] * len(queries))
+
+    def score_prompts(self, prompts: Prompts) -> ScoredPairs:
+        """Run built prompts through the engine and score them, in their order."""
         out = self.engine.label_logprobs(prompts, self.builder.labels)
         values = out.values.copy()
         failed = list(out.errors)
@@ -141,6 +152,23 @@ class Reranker:
         scores.score[failed] = np.nan
         scores.label_mass[failed] = np.nan
         return ScoredPairs(scores.score, scores.label_mass, prompts.truncated, dict(out.errors), scores.zero_mass)
+
+
+def prefetch(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+    """``fn(item)`` for each item in order, computing the next one in a thread meanwhile.
+
+    Prompt building (tokenization, which releases the GIL) then overlaps the engine's work on the
+    previous chunk; one result is held ahead, so memory stays bounded.
+    """
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrank-prefetch") as pool:
+        ahead: Future[R] | None = None
+        for item in items:
+            future = pool.submit(fn, item)
+            if ahead is not None:
+                yield ahead.result()
+            ahead = future
+        if ahead is not None:
+            yield ahead.result()
 
 
 def _concat(parts: list[ScoredPairs]) -> ScoredPairs:

@@ -176,3 +176,28 @@ def test_out_of_memory_halves_the_batch_and_keeps_results(tiny_model_dir, rr, mo
     pairs = [(SEED_QUERY, d) for d in SEED_DOCUMENTS]
     assert np.allclose(Reranker(engine=engine).score(pairs), rr.score(pairs), atol=1e-6)
     assert sizes[:3] == [6, 4, 2] and engine.max_batch_size == 2
+
+
+def test_prepare_and_score_prompts_are_score_details_in_two_steps(rr):
+    pairs = [(SEED_QUERY, d) for d in SEED_DOCUMENTS]
+    prompts = rr.prepare(pairs)
+    assert len(prompts) == 6 and all(len(ids) <= 1024 for ids in prompts.token_ids)
+    assert np.array_equal(rr.score_prompts(prompts).score, rr.score_details(pairs).score)
+
+
+def test_prefetch_keeps_order_and_raises_errors():
+    from genrank.reranker import prefetch
+
+    assert list(prefetch(lambda x: x * 10, range(5))) == [0, 10, 20, 30, 40]
+    assert list(prefetch(lambda x: x, [])) == []
+
+    def fail_on_3(x):
+        if x == 3:
+            raise ValueError("bad chunk 3")
+        return x
+
+    got = []
+    with pytest.raises(ValueError, match="bad chunk 3"):
+        for x in prefetch(fail_on_3, range(5)):
+            got.append(x)
+    assert got == [0, 1, 2]
