@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ValueError, ImportError, FileNotFoundError) as e:
+    except (CliError, ValueError, ImportError, OSError) as e:  # OSError: model files not found
         print(f"genrank: error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
