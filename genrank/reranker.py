@@ -145,9 +145,10 @@ class Reranker:
     def score_prompts(self, prompts: Prompts) -> ScoredPairs:
         """Run built prompts through the engine and score them, in their order."""
         out = self.engine.label_logprobs(prompts, self.builder.labels)
-        values = out.values.copy()
-        failed = list(out.errors)
-        values[failed] = 0.0  # placeholder rows, replaced by NaN below
+        values, failed = out.values, list(out.errors)
+        if failed:
+            values = values.copy()
+            values[failed] = 0.0  # placeholder rows, replaced by NaN below
         scores = expected_scores(values, self.template.values, normalize=self.normalize)
         scores.score[failed] = np.nan
         scores.label_mass[failed] = np.nan
