@@ -91,6 +91,14 @@ def _jsonl(path: Path):
         raise ValueError(f"cannot read {path}: {e.strerror}") from None
 
 
+def _lines(path: Path, what: str) -> list[str]:
+    """The lines of a text file, or a ValueError naming ``what`` could not be read."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ValueError(f"cannot read {what}: {e.strerror}") from None
+
+
 def _row_id(row: Any, path: Path, n: int) -> str:
     if not isinstance(row, dict) or row.get("_id") is None:
         raise ValueError(f"{path} line {n}: expected an object with an \"_id\"")
@@ -101,10 +109,7 @@ def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     """Judgements from a BEIR ``qrels/<split>.tsv`` (query-id, corpus-id, score; header optional)."""
     path = Path(path)
     qrels: dict[str, dict[str, int]] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    lines = _lines(path, str(path))
     for n, line in enumerate(lines, 1):
         cols = line.split("\t") if "\t" in line else line.split()
         if not line.strip() or (n == 1 and cols[-1].strip() == "score"):
@@ -155,10 +160,7 @@ def read_trec_run(path: str | Path) -> Ranking:
     """A TREC run (``qid Q0 docid rank score tag``), each query's documents by score, ties in file order."""
     path = Path(path)
     run: dict[str, dict[str, float]] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise ValueError(f"cannot read run file {str(path)!r}: {e.strerror}") from None
+    lines = _lines(path, f"run file {str(path)!r}")
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
