@@ -13,9 +13,13 @@ from .templates import Template, TemplateError
 
 log = logging.getLogger(__name__)
 
+_Ends = tuple[tuple[str, list[int]], tuple[str, list[int]]]  # (text, ids) before and after the fields
+
 _SENTINELS = {"query": "\x00GENRANK_QUERY\x00", "document": "\x00GENRANK_DOCUMENT\x00",
               "instruction": "\x00GENRANK_INSTRUCTION\x00"}
 _PROBES = (("  lead and trail  ", "{braces} <b>x</b>\n\n", "sp ace "), ("q", "", "\ttab"))
+# Contents that test where the text around a template's special tokens could merge with the fields.
+_EDGE_PROBES = ("\n\nlead", " lead", "\u0301combining", "trail\n", "trail ", "a<|im_end|>b", "\r\n", "")
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,7 @@ class PromptBuilder:
         self.max_length = max_length
         self.labels = Labels(template.labels, label_token_ids(tokenizer, template.labels) if tokenizer else None)
         self._format = self._fast_format() if tokenizer is not None else None
+        self._ends = self._static_ends()
         if tokenizer is not None:
             overhead = len(self._encode([self.render("", "", "")])[0])
             if overhead >= max_length:
@@ -142,7 +147,46 @@ class PromptBuilder:
                 return None
         return pattern
 
-    def _encode(self, texts: list[str]) -> list[list[int]]:
+    def _static_ends(self) -> _Ends:
+        """The text (and its ids) before the first and after the last field, each cut at a special token.
+
+        The Rust tokenizer splits special tokens out before normalising and pre-tokenising
+        (``AddedVocabulary::extract_and_normalize`` in huggingface/tokenizers), so the text on
+        either side of one is encoded independently: the system message and the assistant header
+        can be encoded once instead of once per pair. Only special tokens that absorb no
+        whitespace qualify, and the split is used only if probes encode the same as whole prompts.
+        """
+        none: _Ends = (("", []), ("", []))
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if self._format is None or backend is None:
+            return none
+        specials = [t.content for t in self.tokenizer.added_tokens_decoder.values()
+                    if t.special and not (t.lstrip or t.rstrip or t.single_word)]
+        rendered = self._format.format(**_SENTINELS)
+        spans = [(rendered.find(s), rendered.find(s) + len(s)) for s in _SENTINELS.values() if s in rendered]
+        first, last = min(a for a, _ in spans), max(b for _, b in spans)
+        head = max((rendered.rfind(s, 0, first) + len(s) for s in specials if s in rendered[:first]), default=0)
+        tail = min((rendered.find(s, last) for s in specials if s in rendered[last:]), default=len(rendered))
+        if head == 0 and tail == len(rendered):
+            return none
+        ends = ((rendered[:head], self._encode_texts([rendered[:head]])[0]),
+                (rendered[tail:], self._encode_texts([rendered[tail:]])[0]))
+        probes = [self.render(q, d, i) for q in _EDGE_PROBES for d in _EDGE_PROBES for i in (None, q)]
+        if self._encode(probes, ends) != self._encode_texts(probes):
+            log.debug("template %r: encoding around its special tokens differs; encoding whole prompts",
+                      self.template.name)
+            return none
+        return ends
+
+    def _encode(self, texts: list[str], ends: _Ends | None = None) -> list[list[int]]:
+        """Token ids of rendered prompts: the static ends' ids around the encoded middle."""
+        (head, head_ids), (tail, tail_ids) = ends or self._ends
+        if not head and not tail:
+            return self._encode_texts(texts)
+        stop = -len(tail) or None
+        return [head_ids + ids + tail_ids for ids in self._encode_texts([t[len(head):stop] for t in texts])]
+
+    def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         # The Rust tokenizer behind a fast tokenizer encodes a batch in parallel, without the
         # Python wrapper's per-call overhead and over-length warnings.
         # encode_batch_fast (tokenizers >= 0.21) gives the same ids without computing offsets.

@@ -26,6 +26,32 @@ def test_prompt_equals_the_model_chat_template(tiny_tokenizer, name):
     assert p.chats()[0][0] == {"role": "system", "content": t.system}
 
 
+_AWKWARD = ["\n\nstarts with newlines", " lead space", "\u0301 combining mark first", "ends with newline\n",
+            "holds <|im_end|> and <|im_start|>assistant\n", "\r\n", "", "x", "?!", "'s contraction"]
+
+
+@pytest.mark.parametrize("name", ["lb-reranker-v1", "qwen3-reranker", "lb-reranker-v1-instruct"])
+def test_ids_are_the_tokenizers_own_for_awkward_contents(tiny_tokenizer, name):
+    b = PromptBuilder(load_template(name), tiny_tokenizer, max_length=4096)
+    pairs = [(q, d) for q in _AWKWARD for d in _AWKWARD]
+    p = b.build([q for q, _ in pairs], [d for _, d in pairs], [q for q, _ in pairs])
+    assert p.token_ids == tiny_tokenizer(p.texts, add_special_tokens=False)["input_ids"]
+
+
+def test_ids_are_exact_when_special_tokens_absorb_whitespace(tiny_model_dir):
+    # lstrip/rstrip: the chat's special tokens swallow the newlines next to them, so the text
+    # around them is not encoded independently; the builder must still give the tokenizer's ids.
+    from tokenizers import AddedToken
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.backend_tokenizer.add_special_tokens([AddedToken(t, lstrip=True, rstrip=True, special=True, normalized=False)
+                                              for t in ("<|im_start|>", "<|im_end|>")])
+    assert tok("<|im_end|>\n", add_special_tokens=False)["input_ids"] == [tok.convert_tokens_to_ids("<|im_end|>")]
+    p = PromptBuilder(load_template(), tok, max_length=4096).build(_AWKWARD, _AWKWARD[::-1])
+    assert p.token_ids == tok(p.texts, add_special_tokens=False)["input_ids"]
+
+
 def test_long_document_fits_and_keeps_the_generation_prompt(builder, tiny_tokenizer):
     doc = "Harper Lee wrote a novel about justice in Alabama. " * 2000  # ~100,000 characters
     assert len(doc) >= 100_000
