@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -22,8 +23,9 @@ class TransformersEngine:
     ``max_batch_tokens``; rows are right-padded and run without an attention mask (causal
     attention already hides trailing pads from the real tokens). Only the hidden state at each
     row's last real token goes through the LM head, in float32, for an exact log-softmax over the
-    vocabulary. A batch that runs out of GPU memory is halved and retried. ``compile=True`` runs
-    the decoder through ``torch.compile(dynamic=True)``.
+    vocabulary. Batches are queued without waiting for the device, and the results come back in
+    one copy per call. A batch that runs out of GPU memory is halved and retried.
+    ``compile=True`` runs the decoder through ``torch.compile(dynamic=True)``.
     """
 
     prompt_format = "tokens"
@@ -69,15 +71,16 @@ class TransformersEngine:
         if ids is None or labels.token_ids is None:
             raise ValueError("TransformersEngine needs tokenized prompts and label token ids")
         label_ids = torch.tensor(labels.token_ids, device=self.device)
-        out = np.empty((len(ids), len(label_ids)), dtype=np.float64)
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         order = np.argsort(-lengths, kind="stable")  # longest first: the first batch finds OOM early
+        # Batches are queued without waiting for the device; results come back in one copy at the end.
+        done: list[tuple[np.ndarray, torch.Tensor]] = []
         start = 0
         while start < len(order):
             size = self._batch_size(int(lengths[order[start]]))
             rows = order[start:start + size]
             try:
-                out[rows] = self._forward([ids[i] for i in rows], label_ids)
+                done.append((rows, self._forward([ids[i] for i in rows], lengths[rows], label_ids)))
             except torch.OutOfMemoryError:
                 if size == 1:
                     raise
@@ -88,23 +91,29 @@ class TransformersEngine:
                 torch.cuda.empty_cache()
                 continue
             start += len(rows)
+        out = np.empty((len(ids), len(label_ids)), dtype=np.float64)
+        if done:
+            out[np.concatenate([rows for rows, _ in done])] = torch.cat([v for _, v in done]).cpu().numpy()
         return LabelLogprobs(out)
 
     def _batch_size(self, longest: int) -> int:
         return max(1, min(self.max_batch_size, self.max_batch_tokens // max(longest, 1)))
 
     @torch.inference_mode()
-    def _forward(self, rows: list[list[int]], label_ids: torch.Tensor) -> np.ndarray:
-        lengths = torch.tensor([len(r) for r in rows])
-        batch = torch.full((len(rows), int(lengths.max())), self._pad_id, dtype=torch.long)
-        for n, r in enumerate(rows):
-            batch[n, : len(r)] = torch.as_tensor(r)
-        batch = batch.to(self.device, non_blocking=True)
+    def _forward(self, rows: list[list[int]], lengths: np.ndarray, label_ids: torch.Tensor) -> torch.Tensor:
+        """The (rows, labels) log-probabilities of one batch, left on the device."""
+        batch = np.full((len(rows), int(lengths.max())), self._pad_id, dtype=np.int64)
+        batch[np.arange(batch.shape[1]) < lengths[:, None]] = np.fromiter(
+            itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+        inputs = torch.from_numpy(np.concatenate([batch.ravel(), lengths - 1]))
+        if self.device.type == "cuda":
+            inputs = inputs.pin_memory()  # lets the copy below run without blocking the host
+        inputs = inputs.to(self.device, non_blocking=True)
+        batch, last = inputs[: batch.size].view(batch.shape), inputs[batch.size:]
         hidden = self._decoder(input_ids=batch, use_cache=False).last_hidden_state
-        last = hidden[torch.arange(len(rows), device=self.device), lengths.to(self.device) - 1]
+        last = hidden[torch.arange(len(rows), device=self.device), last]
         logits = torch.nn.functional.linear(last.float(), self._head_weight, self._head_bias)
-        logprobs = torch.log_softmax(logits, dim=-1)[:, label_ids]
-        return logprobs.double().cpu().numpy()
+        return torch.log_softmax(logits, dim=-1)[:, label_ids]
 
 
 def _default_device() -> torch.device:
