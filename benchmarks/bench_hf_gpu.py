@@ -14,13 +14,13 @@ Run:  python benchmarks/bench_hf_gpu.py [--pairs 2048] [--compile] [--out result
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from types import SimpleNamespace
 
 import numpy as np
 import torch
+from report import report
 from transformers import AutoModelForCausalLM, Qwen2Config
 
 from genrank import Labels, Prompts, load_template
@@ -123,10 +123,7 @@ def main() -> None:
         "speedup": t_seed / t_genrank, "genrank_tokens_per_s": tokens / t_genrank,
         "max_abs_logprob_diff_vs_single_row": max_diff,
     }
-    print(json.dumps(result, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import platform
 import time
 
 from bench_vllm import workload
+from report import report
 
 
 def best_rate(fn, workloads: list[list[tuple[str, str]]]) -> float:
@@ -81,10 +82,7 @@ def main() -> None:
     rate = best_rate(lambda ps: pipe([template.messages(q, d, None) for q, d in ps], gen_config=card_config),
                      [workload(args.queries, args.docs, args.doc_words, seed=100 + r) for r in range(args.repeats)])
     result["card"] = {"pairs_per_s": rate, "tokens_per_s": rate * per_pair}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    report(result, args.out)
 
 
 if __name__ == "__main__":

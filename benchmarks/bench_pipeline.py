@@ -11,6 +11,7 @@ model's corpus. The tokenizer is the tiny Qwen2 byte-level BPE of tests/tiny_mod
 pre-tokenizer regex and ChatML template), built on the fly, or ``--tokenizer PATH``.
 
 Run:  python benchmarks/bench_pipeline.py [--pairs 1000000] [--chunk-size 1024] [--keep DIR] [--json]
+      (``RAYON_NUM_THREADS=N`` caps the Rust tokenizer's threads, to see how it scales with cores)
 """
 
 from __future__ import annotations
@@ -134,7 +135,8 @@ def main() -> int:
             "prompt_build_share": round(building[0] / summary.seconds, 3),
             "mean_prompt_tokens": None if args.chat else round(building[1] / summary.pairs, 1),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "chunk_size": args.chunk_size, "cpus": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
+            "chunk_size": args.chunk_size, "cpus": os.cpu_count(),
+            "tokenizer_threads": int(os.environ.get("RAYON_NUM_THREADS") or os.cpu_count()), "load_avg_1min": os.getloadavg()[0],
             "python": platform.python_version(), "tokenizer": None if args.chat else Path(args.tokenizer).name,
         }
     if args.json:

@@ -19,6 +19,7 @@ import platform
 import time
 
 import numpy as np
+from report import report
 
 WORDS = ("the of and a to in is was for on that by with as from at his an are which it be this were had "
          "novel court river author apple prize ocean whale justice movie book city history science water "
@@ -110,10 +111,7 @@ def main() -> None:
 
     if "generate" in scores and "pooling" in scores:
         result["max_abs_score_diff_pooling_vs_generate"] = float(np.abs(scores["generate"] - scores["pooling"]).max())
-    print(json.dumps(result, indent=2))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+    report(result, args.out)
 
 
 if __name__ == "__main__":
