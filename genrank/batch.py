@@ -67,6 +67,8 @@ def score_file(input_path: str | os.PathLike, output_path: str | os.PathLike, re
     index, count = shard or (0, 1)
     if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
         raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+    if os.path.exists(output_path) and os.path.samefile(input_path, output_path):
+        raise ValueError(f"the output {str(output_path)!r} is the input; choose another output")
     fields = Fields(query_field, document_field, id_field, documents_field)
     rows = io.read_rows(input_path, fmt, fields)
     writer = io.open_writer(output_path, fmt, list_mode=documents_field is not None)
@@ -74,8 +76,8 @@ def score_file(input_path: str | os.PathLike, output_path: str | os.PathLike, re
     summary = BatchSummary()
     start = time.perf_counter()
     total = io.count_rows(input_path, fmt) if show_progress else None
-    if total is not None and count > 1:
-        total = len(range(index * chunk_size, total, count * chunk_size)) * chunk_size
+    if total is not None and count > 1:  # the rows of this shard's chunks
+        total = sum(min(chunk_size, total - s) for s in range(index * chunk_size, total, count * chunk_size))
     bar = tqdm(total=total, unit="query" if documents_field else "pair", disable=not show_progress, dynamic_ncols=True)
     def pending() -> Iterator[tuple[list[InputRow], list[InputRow]]]:
         """(chunk, rows still to score) of this shard, checking the resumed prefix against the input."""
@@ -118,10 +120,10 @@ def score_file(input_path: str | os.PathLike, output_path: str | os.PathLike, re
     return summary
 
 
-def score_rows(reranker: Reranker, rows: list[InputRow], list_mode: bool) -> tuple[list[dict[str, Any]], int, int]:
-    """Output records of validated rows (one ``score_details`` call), with pair and failure counts."""
+def score_rows(reranker: Reranker, rows: list[InputRow], list_mode: bool) -> list[dict[str, Any]]:
+    """Output records of validated rows (one ``score_details`` call)."""
     pairs = _pairs(rows)
-    return _records(rows, reranker.score_details(pairs) if pairs else None, list_mode)
+    return _records(rows, reranker.score_details(pairs) if pairs else None, list_mode)[0]
 
 
 def _pairs(rows: list[InputRow]) -> list[tuple[str, str]]:

@@ -30,12 +30,22 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="extra engine option, VALUE parsed as JSON when it can be (repeatable), e.g. -E dtype=float32")
 
 
+# Reranker arguments that have their own flag (or none): --engine-arg must not set them.
+_NOT_ENGINE_OPTIONS = {"model": "--model", "engine": "--engine", "template": "--template",
+                       "max_length": "--max-length", "instruction": "--instruction", "normalize": "--card-formula",
+                       "base_url": "--base-url", "chunk_size": None, "show_progress": None}
+
+
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     for item in args.engine_arg or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise CliError(f"--engine-arg must be KEY=VALUE, got {item!r}")
+        if key in _NOT_ENGINE_OPTIONS:
+            flag = _NOT_ENGINE_OPTIONS[key]
+            raise CliError(f"--engine-arg {item!r}: use {flag} instead" if flag
+                           else f"--engine-arg {item!r}: {key} is not an engine option")
         try:
             opts[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -60,13 +70,17 @@ def read_documents(path: str) -> list[str]:
     except OSError as e:
         raise CliError(f"--docs: cannot read {path!r}: {e.strerror}") from None
     suffix = Path(path).suffix.lower()
+    lines = [line.removesuffix("\r") for line in raw.split("\n")]  # not splitlines: form feeds are text
     if suffix == ".json":
-        docs = json.loads(raw)
+        try:
+            docs = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise CliError(f"--docs: {path!r} is not JSON: {e}") from None
         if not isinstance(docs, list):
             raise CliError(f"--docs: {path!r} must hold a JSON list of strings")
     elif suffix == ".jsonl":
         docs = []
-        for n, line in enumerate(raw.splitlines(), 1):
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
@@ -75,7 +89,7 @@ def read_documents(path: str) -> list[str]:
                 raise CliError(f"--docs: {path!r} line {n} is not JSON: {e.msg}") from None
             docs.append(item.get("text", item.get("document")) if isinstance(item, dict) else item)
     else:
-        docs = [line for line in raw.splitlines() if line.strip()]
+        docs = [line for line in lines if line.strip()]
     for n, d in enumerate(docs, 1):
         if not isinstance(d, str):
             raise CliError(f"--docs: document {n} in {path!r} is not a string: {d!r:.80}")

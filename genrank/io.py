@@ -23,6 +23,9 @@ from typing import Any
 
 from .reranker import check_text
 
+# A cell may hold a whole list of documents (JSON) or a long server error; the default is 128 KiB.
+csv.field_size_limit(2**31 - 1)
+
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 OUTPUT_COLUMNS = ("id", "score", "label_mass", "error")
 
@@ -125,6 +128,14 @@ def _pyarrow():
 # -- readers --------------------------------------------------------------------------------
 
 
+def check_columns(source: str, names: list[str], fields: Fields, *, need_id: bool = False) -> None:
+    """A ValueError naming ``source`` and its columns if it lacks the query or document(s) (or id) column."""
+    wanted = [fields.query, fields.documents or fields.document] + ([fields.id] if need_id else [])
+    missing = [n for n in wanted if n not in names]
+    if missing:
+        raise ValueError(f"{source} has no column {missing[0]!r} (columns: {', '.join(names) or 'none'})")
+
+
 def read_rows(path: str | os.PathLike, format: str, fields: Fields) -> Iterator[InputRow]:
     """The rows of an input file, in order, streamed."""
     if format == "jsonl":
@@ -134,7 +145,7 @@ def read_rows(path: str | os.PathLike, format: str, fields: Fields) -> Iterator[
     return _read_parquet(Path(path), fields)
 
 
-def count_rows(path: str | os.PathLike, format: str) -> int | None:
+def count_rows(path: str | os.PathLike, format: str) -> int:
     """The number of input rows, cheaply: Parquet metadata, else a count of line ends (CSV: approximate)."""
     if format == "parquet":
         _, pq = _pyarrow()
@@ -166,13 +177,9 @@ def _read_jsonl(path: Path, fields: Fields) -> Iterator[InputRow]:
 
 
 def _read_csv(path: Path, fields: Fields) -> Iterator[InputRow]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets start with a BOM
         reader = csv.DictReader(f)
-        names = reader.fieldnames or []
-        wanted = [fields.query, fields.documents or fields.document]
-        missing = [n for n in wanted if n not in names]
-        if missing:
-            raise ValueError(f"{str(path)!r} has no column {missing[0]!r} (columns: {', '.join(names) or 'none'})")
+        check_columns(repr(str(path)), reader.fieldnames or [], fields)
         for index, record in enumerate(reader):
             # DictReader fills the fields a short row lacks with None (and puts extra ones under None)
             record = {k: v for k, v in record.items() if k is not None and v is not None}
@@ -184,11 +191,8 @@ def _read_parquet(path: Path, fields: Fields) -> Iterator[InputRow]:
 
     pf = pq.ParquetFile(path)
     names = pf.schema_arrow.names
-    wanted = [fields.query, fields.documents or fields.document]
-    missing = [n for n in wanted if n not in names]
-    if missing:
-        raise ValueError(f"{str(path)!r} has no column {missing[0]!r} (columns: {', '.join(names)})")
-    columns = wanted + ([fields.id] if fields.id in names else [])
+    check_columns(repr(str(path)), names, fields)
+    columns = [fields.query, fields.documents or fields.document] + ([fields.id] if fields.id in names else [])
     index = 0
     for batch in pf.iter_batches(batch_size=4096, columns=columns):
         for record in batch.to_pylist():
@@ -232,8 +236,11 @@ class JsonlWriter(Writer):
         if self.path.exists():
             with open(self.path, "rb") as f:
                 for line in f:
-                    if not line.endswith(b"\n") or _json_record(line) is None:
-                        break  # a torn last line (or anything after it) is redone
+                    if not line.endswith(b"\n"):
+                        break  # a torn last line is redone
+                    if not _is_output_line(line):
+                        raise ValueError(f"{str(self.path)!r} is not genrank output: line {count + 1} is "
+                                         f"{line[:100]!r}; remove it or choose another output")
                     count += 1
                     end += len(line)
             with open(self.path, "r+b") as f:
@@ -247,7 +254,8 @@ class JsonlWriter(Writer):
             if r["error"] is None:
                 del r["error"]
             lines.append(json.dumps(r, ensure_ascii=False))
-        self._file.write(("\n".join(lines) + "\n").encode("utf-8"))
+        # A lone surrogate (from a JSON input's id) becomes its JSON escape, so it reads back the same.
+        self._file.write(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
         self._file.flush()
 
 
@@ -257,12 +265,12 @@ def _jsonl_ids(path: Path, count: int) -> Iterator[Any]:
             yield json.loads(line)["id"]
 
 
-def _json_record(line: bytes) -> dict | None:
+def _is_output_line(line: bytes) -> bool:
     try:
         record = json.loads(line)
     except ValueError:
-        return None
-    return record if isinstance(record, dict) and "id" in record else None
+        return False
+    return isinstance(record, dict) and "id" in record and record.keys() <= set(OUTPUT_COLUMNS)
 
 
 class CsvWriter(Writer):
@@ -290,7 +298,7 @@ class CsvWriter(Writer):
         rows = []
         for r in records:
             score, mass = r["score"], r["label_mass"]
-            if self.list_mode:
+            if self.list_mode and score is not None:
                 score, mass = json.dumps(score), json.dumps(mass)
             rows.append((r["id"], "" if score is None else score, "" if mass is None else mass, r["error"] or ""))
         self._csv.writerows(rows)
@@ -311,9 +319,9 @@ def _csv_records(path: Path) -> Iterator[tuple[list[str], int]]:
                 yield line.decode("utf-8", errors="replace")
 
     try:
-        for record in csv.reader(lines()):
+        for record in csv.reader(lines(), strict=True):
             yield record, state["end"]
-    except csv.Error:  # a record cut inside a quoted field
+    except csv.Error:  # a record cut inside a quoted field (strict: not read as a shorter field)
         return
 
 
@@ -336,7 +344,9 @@ class ParquetWriter(Writer):
     def resume(self) -> tuple[int, Iterator[Any]]:
         _, pq = _pyarrow()
 
-        if self.path.exists() and not self.parts.exists():  # a finished earlier run: continue after it
+        if self.path.exists() and self.parts.exists():  # killed in finish(), after OUTPUT was complete
+            shutil.rmtree(self.parts)
+        if self.path.exists():  # a finished earlier run: continue after it
             names = pq.read_schema(self.path).names
             if names != list(OUTPUT_COLUMNS):
                 raise ValueError(f"{str(self.path)!r} is not genrank output: its columns are {names}, expected "
@@ -381,8 +391,15 @@ class ParquetWriter(Writer):
 
         if self._id_type is None or pa.types.is_null(self._id_type):
             self._id_type = pa.array([r["id"] for r in records]).type if records else pa.int64()
-        value = pa.list_(pa.float64()) if self.list_mode else pa.float64()
-        return pa.schema([("id", self._id_type), ("score", value), ("label_mass", value), ("error", pa.string())])
+        return output_schema(self._id_type, self.list_mode)
+
+
+def output_schema(id_type: Any, list_mode: bool):
+    """The Arrow schema of output rows: ``id`` of ``id_type``, scores (lists in list mode), error."""
+    pa, _ = _pyarrow()
+
+    value = pa.list_(pa.float64()) if list_mode else pa.float64()
+    return pa.schema([("id", id_type), ("score", value), ("label_mass", value), ("error", pa.string())])
 
 
 WRITERS: dict[str, type[Writer]] = {"jsonl": JsonlWriter, "csv": CsvWriter, "parquet": ParquetWriter}

@@ -39,13 +39,11 @@ class _Scorer:
         self.fields = fields
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        id_type = batch.schema.field(self.fields.id).type
+        list_mode = self.fields.documents is not None
         rows = [io.parse_row(record, None, f"id {record.get(self.fields.id)!r}", self.fields)
                 for record in batch.to_pylist()]
-        records, _, _ = score_rows(self.reranker, rows, list_mode=self.fields.documents is not None)
-        value = pa.list_(pa.float64()) if self.fields.documents is not None else pa.float64()
-        schema = pa.schema([("id", id_type), ("score", value), ("label_mass", value), ("error", pa.string())])
-        return pa.Table.from_pylist(records, schema=schema)
+        schema = io.output_schema(batch.schema.field(self.fields.id).type, list_mode)
+        return pa.Table.from_pylist(score_rows(self.reranker, rows, list_mode), schema=schema)
 
 
 def score_dataset(ds: ray.data.Dataset, make_reranker: Callable[[], Reranker], *, query_field: str = "query",
@@ -59,11 +57,7 @@ def score_dataset(ds: ray.data.Dataset, make_reranker: Callable[[], Reranker], *
     ``num_gpus`` GPUs and ``num_cpus`` CPUs (Ray's default when None).
     """
     fields = Fields(query_field, document_field, id_field, documents_field)
-    names = ds.schema().names
-    for name in (id_field, query_field, documents_field or document_field):
-        if name not in names:
-            raise ValueError(f"the dataset has no column {name!r} (columns: {', '.join(names)}); "
-                             "Ray scoring needs query, document(s) and id columns")
+    io.check_columns("the dataset", ds.schema().names, fields, need_id=True)
     extra = {"num_cpus": num_cpus} if num_cpus is not None else {}
     return ds.map_batches(_Scorer, fn_constructor_kwargs={"make_reranker": make_reranker, "fields": fields},
                           batch_size=batch_size, batch_format="pyarrow", concurrency=concurrency,

@@ -47,6 +47,12 @@ def check_text(value: Any, what: str, *, allow_empty: bool = True) -> str:
         raise ValueError(f"{what} must be a string, got {type(value).__name__} {value!r:.80}")
     if not allow_empty and not value.strip():
         raise ValueError(f"{what} is empty")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate, e.g. from a JSON "\ud83d" escape
+            raise ValueError(f"{what} is not valid Unicode: lone surrogate {value[e.start]!r} at character "
+                             f"{e.start}") from None
     return value
 
 
@@ -80,17 +86,17 @@ class Reranker:
                  normalize: bool | None = None, instruction: str | None = None,
                  chunk_size: int = 4096, show_progress: bool = False, **engine_options: Any):
         self.template = load_template(template)
+        if instruction is not None and not self.template.takes_instruction:
+            raise ValueError(f"template {self.template.name!r} takes no instruction; "
+                             "use an instruction-aware template such as 'lb-reranker-v1-instruct'")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         self.engine = make_engine(engine, model or self.template.default_model, **engine_options)
         self.builder = PromptBuilder(self.template, self.engine.tokenizer, max_length)
         if self.engine.prompt_format == "tokens" and self.builder.labels.token_ids is None:
             raise ValueError(f"engine {type(self.engine).__name__} needs a tokenizer")
         self.normalize = self.template.normalize if normalize is None else normalize
-        if instruction is not None and not self.template.takes_instruction:
-            raise ValueError(f"template {self.template.name!r} takes no instruction; "
-                             "use an instruction-aware template such as 'lb-reranker-v1-instruct'")
         self.instruction = instruction
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be positive, got {chunk_size!r}")
         self.chunk_size = chunk_size
         self.show_progress = show_progress
 
@@ -109,6 +115,8 @@ class Reranker:
         check_text(query, "query", allow_empty=False)
         if isinstance(documents, str):
             raise ValueError("documents must be a list of strings, got a single string")
+        if not documents:
+            raise ValueError("documents is empty")
         return self.score([(query, d) for d in documents])
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
@@ -128,7 +136,7 @@ class Reranker:
         engine scores the current one.
         """
         queries, documents = split_pairs(pairs)
-        instructions = list(instructions) if instructions is not None else [self.instruction] * len(queries)
+        instructions = self._instructions(instructions, len(queries))
         spans = [slice(start, start + self.chunk_size) for start in range(0, len(queries), self.chunk_size)]
         parts = []
         with tqdm(total=len(queries), unit="pair", disable=not self.show_progress) as bar:
@@ -140,7 +148,20 @@ class Reranker:
     def prepare(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None) -> Prompts:
         """Validate pairs and render their prompts (truncated to ``max_length``) for ``score_prompts``."""
         queries, documents = split_pairs(pairs)
-        return self.builder.build(queries, documents, instructions or [self.instruction] * len(queries))
+        return self.builder.build(queries, documents, self._instructions(instructions, len(queries)))
+
+    def _instructions(self, instructions: Sequence[str | None] | None, n: int) -> list[str | None]:
+        """One instruction per pair: the given ones, checked, or the Reranker's for every pair."""
+        if instructions is None:
+            return [self.instruction] * n
+        if isinstance(instructions, str):
+            raise ValueError("instructions must be a list with one instruction per pair, got a single string")
+        instructions = list(instructions)
+        if len(instructions) != n:
+            raise ValueError(f"instructions has {len(instructions)} items for {n} pairs")
+        if any(i is not None for i in instructions) and not self.template.takes_instruction:
+            raise ValueError(f"template {self.template.name!r} takes no instruction")
+        return [i if i is None else check_text(i, f"instructions[{n}]") for n, i in enumerate(instructions)]
 
     def score_prompts(self, prompts: Prompts) -> ScoredPairs:
         """Run built prompts through the engine and score them, in their order."""

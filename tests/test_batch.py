@@ -80,8 +80,8 @@ class FailingEngine:
 
     prompt_format = "tokens"
 
-    def __init__(self, engine, crash_on=None):
-        self.engine, self.crash_on, self.calls = engine, crash_on, 0
+    def __init__(self, engine, crash_on=None, error="server said no"):
+        self.engine, self.crash_on, self.calls, self.error = engine, crash_on, 0, error
 
     @property
     def tokenizer(self):
@@ -92,7 +92,7 @@ class FailingEngine:
         if self.calls == self.crash_on:
             raise KeyboardInterrupt("killed")
         out = self.engine.label_logprobs(prompts, labels)
-        errors = {i: "server said no" for i, d in enumerate(prompts.documents) if "FAIL" in d}
+        errors = {i: self.error for i, d in enumerate(prompts.documents) if "FAIL" in d}
         out.values[list(errors)] = -np.inf
         return LabelLogprobs(out.values, {**out.errors, **errors})
 
@@ -220,6 +220,78 @@ def test_foreign_output_files_are_left_alone(tmp_path, reranker):
     with pytest.raises(ValueError, match="is not genrank output"):
         score_file(src, tmp_path / "out.csv", reranker)
     assert (tmp_path / "out.csv").read_text() == "a,b\n1,2\n"
+
+
+def test_foreign_jsonl_output_and_the_input_itself_are_left_alone(tmp_path, reranker):
+    src = write_input(tmp_path / "in.jsonl", [{k: v for k, v in p.items() if k != "id"} for p in PAIRS[:2]])
+    before = src.read_text()
+    with pytest.raises(ValueError, match="is the input"):
+        score_file(src, src, reranker)
+    assert src.read_text() == before
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"id": 1, "score": 2.0}\n{"text": "not scores"}\n')
+    with pytest.raises(ValueError, match=r"is not genrank output: line 2"):
+        score_file(src, other, reranker)
+    assert other.read_text() == '{"id": 1, "score": 2.0}\n{"text": "not scores"}\n'
+
+
+def test_csv_torn_inside_a_quoted_error_is_redone(tmp_path, hf_engine, expected):
+    rows = [dict(p) for p in PAIRS[:6]]
+    rows[1]["document"] += " FAIL"
+    src = write_input(tmp_path / "in.csv", rows)
+    out = tmp_path / "out.csv"
+    failing = Reranker(engine=FailingEngine(hf_engine, error="server said:\nno"))  # quoted: it holds a newline
+    score_file(src, out, failing, chunk_size=2)
+    whole = out.read_bytes()
+    out.write_bytes(whole[: whole.index(b'p1,,,"server said:\n') + len(b'p1,,,"server said:\n')])  # killed there
+    score_file(src, out, failing, chunk_size=2)
+    assert out.read_bytes() == whole
+
+
+def test_a_text_with_a_lone_surrogate_is_a_row_error(tmp_path, reranker, expected):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(PAIRS[0]) + "\n" + '{"id": "bad\\ud83d", "query": "q", "document": "x \\ud83d"}\n'
+                   + json.dumps(PAIRS[1]) + "\n")
+    summary = score_file(src, tmp_path / "out.jsonl", reranker)
+    assert (summary.pairs, summary.failed) == (3, 1)
+    out = read_output(tmp_path / "out.jsonl")
+    assert out[1] == {"id": "bad\ud83d", "score": None, "label_mass": None,
+                      "error": "line 2: field 'document' is not valid Unicode: lone surrogate '\\ud83d' at character 2"}
+    assert_matches([out[0], out[2]], expected, ["p0", "p1"])
+    assert score_file(src, tmp_path / "out.jsonl", reranker).skipped == 3  # the escaped id reads back the same
+
+
+def test_csv_with_a_byte_order_mark_and_huge_cells(tmp_path, reranker, expected):
+    src = tmp_path / "in.csv"
+    rows = [{"id": "q0", "query": QUERIES[0], "docs": json.dumps(SEED_DOCUMENTS * 400)}]  # a 300 kB cell
+    with open(src, "w", newline="", encoding="utf-8-sig") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    reranker_cached = Reranker(engine=reranker.engine)
+    summary = score_file(src, tmp_path / "out.csv", reranker_cached, documents_field="docs")
+    assert (summary.pairs, summary.failed) == (2400, 0)
+    assert read_output(tmp_path / "out.csv")[0]["score"][:6] == pytest.approx(
+        [expected[p["id"]][0] for p in PAIRS[:6]], abs=1e-5)
+
+
+def test_unreadable_rows_in_list_mode_csv_have_empty_scores(tmp_path, reranker):
+    src = tmp_path / "in.csv"
+    src.write_text('id,query,docs\nq0,q,"[""a""]"\nq1,q,not json\n')
+    score_file(src, tmp_path / "out.csv", reranker, documents_field="docs")
+    assert (tmp_path / "out.csv").read_text().splitlines()[2].startswith('q1,,,"line 3: field \'docs\'')
+
+
+def test_parquet_killed_while_finishing_is_complete_on_rerun(tmp_path, reranker, expected):
+    src = write_input(tmp_path / "in.parquet", PAIRS[:8])
+    out = tmp_path / "out.parquet"
+    score_file(src, out, reranker, chunk_size=3)
+    parts = tmp_path / "out.parquet.parts"  # finish() replaced OUTPUT, then died removing the parts
+    parts.mkdir()
+    pq.write_table(pq.read_table(out).slice(3, 3), parts / "part-000001.parquet")
+    summary = score_file(src, out, reranker, chunk_size=3)
+    assert (summary.pairs, summary.skipped) == (0, 8) and not parts.exists()
+    assert_matches(read_output(out), expected, [p["id"] for p in PAIRS[:8]])
 
 
 def test_shards_split_the_input_without_overlap(tmp_path, reranker, expected):

@@ -58,3 +58,24 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert main(["rank", "q", "--docs", str(bad), "-e", "hf"]) == 2
     assert "document 2" in capsys.readouterr().err
     assert main(["rank", "q", "--docs", str(bad), "-e", "nope"]) == 2
+
+
+def test_docs_files_split_on_newlines_only(tmp_path, tiny_model_dir, capsys):
+    docs = tmp_path / "docs.txt"
+    docs.write_text("page one\x0cpage two of doc A\r\ndoc B\u2028still B\n", encoding="utf-8")
+    assert main(["rank", "q", "--docs", str(docs), "-m", str(tiny_model_dir), "-e", "hf", "--json"]) == 0
+    texts = {json.loads(line)["text"] for line in capsys.readouterr().out.split("\n") if line}
+    assert texts == {"page one\x0cpage two of doc A", "doc B\u2028still B"}
+
+
+def test_bad_docs_json_and_engine_args_are_one_line_errors(tmp_path, tiny_model_dir, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('["a", ')
+    assert main(["rank", "q", "--docs", str(bad), "-e", "hf"]) == 2
+    assert capsys.readouterr().err.startswith(f"genrank: error: --docs: {str(bad)!r} is not JSON")
+    docs = tmp_path / "docs.txt"
+    docs.write_text("a\n")
+    for arg, says in [("template=x", "use --template instead"), ("max_length=5", "use --max-length instead"),
+                      ("chunk_size=5", "chunk_size is not an engine option")]:
+        assert main(["rank", "q", "--docs", str(docs), "-m", str(tiny_model_dir), "-e", "hf", "-E", arg]) == 2
+        assert capsys.readouterr().err == f"genrank: error: --engine-arg {arg!r}: {says}\n"
