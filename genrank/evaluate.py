@@ -313,10 +313,6 @@ def format_table(result: EvalResult) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    for opt in ("top_k", "max_queries"):
-        value = getattr(args, opt)
-        if value is not None and value < 1:
-            raise ValueError(f"--{opt.replace('_', '-')} must be positive, got {value}")
     data, first = load_first_stage(args.data, run_file=args.run, split=args.split, top_k=args.top_k,
                                    max_queries=args.max_queries)  # before the model loads: data errors come fast
     reranker = reranker_from_args(args, show_progress=sys.stderr.isatty())

@@ -89,7 +89,7 @@ class PromptBuilder:
         self._format = self._fast_format() if tokenizer is not None else None
         self._ends = self._static_ends()
         if tokenizer is not None:
-            overhead = len(self._encode([self.render("", "", "")])[0])
+            overhead = len(self._encode([self.render("", "", None)])[0])
             if overhead >= max_length:
                 raise ValueError(f"max_length={max_length} leaves no room: the template alone is "
                                  f"{overhead} tokens with this tokenizer")
@@ -98,7 +98,7 @@ class PromptBuilder:
         """The full prompt text for one pair, as the model's chat template renders it."""
         if self._format is not None:
             return self._format.format(query=query, document=document,
-                                       instruction=self._instruction(instruction))
+                                       instruction=self.template.instruction(instruction))
         return self._jinja(query, document, instruction)
 
     def build(self, queries: Sequence[str], documents: Sequence[str],
@@ -106,6 +106,8 @@ class PromptBuilder:
         """Render and truncate a batch of pairs (already validated strings)."""
         queries, documents = list(queries), list(documents)
         instr = list(instructions) if instructions is not None else [None] * len(queries)
+        if len(instr) != len(queries):
+            raise ValueError(f"instructions has {len(instr)} items for {len(queries)} pairs")
         truncated = np.zeros(len(queries), dtype=bool)
         if self.tokenizer is None:
             return Prompts(self.template, queries, documents, instr, None, None, truncated)
@@ -120,16 +122,16 @@ class PromptBuilder:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _instruction(self, instruction: str | None) -> str:
-        return instruction if instruction is not None else (self.template.default_instruction or "")
-
     def _jinja(self, query: str, document: str, instruction: str | None) -> str:
+        import jinja2  # what transformers renders chat templates with
+
         chat = self.template.messages(query, document, instruction)
         try:
             text = self.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
-        except ValueError as e:  # transformers raises ValueError when there is no chat template
+        except (ValueError, jinja2.TemplateError) as e:  # no chat template; the template rejects the chat
             name = getattr(self.tokenizer, "name_or_path", "")
-            raise TemplateError(f"tokenizer {name!r} cannot render a chat: {e}") from None
+            raise TemplateError(f"tokenizer {name!r} cannot render a chat of template {self.template.name!r}: "
+                                f"{e}") from None
         return text + self.template.assistant_prefix
 
     def _fast_format(self) -> str | None:
@@ -143,7 +145,7 @@ class PromptBuilder:
         for field, sentinel in _SENTINELS.items():
             pattern = pattern.replace(sentinel, "{" + field + "}")
         for q, d, i in _PROBES:
-            if pattern.format(query=q, document=d, instruction=self._instruction(i)) != self._jinja(q, d, i):
+            if pattern.format(query=q, document=d, instruction=self.template.instruction(i)) != self._jinja(q, d, i):
                 return None
         return pattern
 

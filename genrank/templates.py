@@ -5,6 +5,7 @@ from __future__ import annotations
 import string
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
@@ -32,20 +33,24 @@ class Template:
     labels: tuple[str, ...]
     values: tuple[float, ...]
     normalize: bool = True
-    method: str = "expected"
     assistant_prefix: str = ""
     default_instruction: str | None = None
     description: str = ""
     default_model: str | None = None
 
-    @property
+    @cached_property
     def takes_instruction(self) -> bool:
-        return "{instruction}" in self.user
+        """Whether ``user`` has an ``{instruction}`` field."""
+        return "instruction" in _fields(self.user)
+
+    def instruction(self, instruction: str | None = None) -> str:
+        """``instruction``, or the default one when it is None ("" if the template has none)."""
+        return instruction if instruction is not None else (self.default_instruction or "")
 
     def user_message(self, query: str, document: str, instruction: str | None = None) -> str:
         fields = {"query": query, "document": document}
         if self.takes_instruction:
-            fields["instruction"] = instruction if instruction is not None else (self.default_instruction or "")
+            fields["instruction"] = self.instruction(instruction)
         return self.user.format_map(fields)
 
     def messages(self, query: str, document: str, instruction: str | None = None) -> list[dict[str, str]]:
@@ -53,6 +58,11 @@ class Template:
         chat = [{"role": "system", "content": self.system}] if self.system is not None else []
         chat.append({"role": "user", "content": self.user_message(query, document, instruction)})
         return chat
+
+
+def _fields(pattern: str) -> set[str]:
+    """The field names in a ``str.format`` pattern."""
+    return {f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None}
 
 
 def _template_dir() -> Path:
@@ -101,7 +111,10 @@ def _from_dict(data: dict, source: str) -> Template:
         return data[key]
 
     user = need("user", str)
-    used = {f for _, f, _, _ in string.Formatter().parse(user) if f is not None}
+    try:
+        used = _fields(user)
+    except ValueError as e:  # unbalanced braces
+        raise TemplateError(f"template {source!r}: field 'user' is not a valid format string: {e}") from None
     if not {"query", "document"} <= used or used - _FIELDS:
         raise TemplateError(f"template {source!r}: field 'user' must use {{query}} and {{document}} "
                             f"(and optionally {{instruction}}), found {sorted(used)}")
@@ -112,6 +125,8 @@ def _from_dict(data: dict, source: str) -> Template:
         if not label or isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TemplateError(f"template {source!r}: label {label!r} must map to a number, got {value!r}")
     score = data.get("score", {})
+    if not isinstance(score, dict):
+        raise TemplateError(f"template {source!r}: field 'score' must be a table, got {score!r}")
     method = score.get("method", "expected")
     if method not in SCORE_METHODS:
         raise TemplateError(f"template {source!r}: [score] method {method!r} is not one of {SCORE_METHODS}")
@@ -128,7 +143,6 @@ def _from_dict(data: dict, source: str) -> Template:
         labels=tuple(labels),
         values=tuple(float(v) for v in labels.values()),
         normalize=normalize,
-        method=method,
         assistant_prefix=str(data.get("assistant_prefix", "")),
         default_instruction=data.get("default_instruction"),
         description=str(data.get("description", "")),

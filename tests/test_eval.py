@@ -179,4 +179,6 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "document 'd99' for query 'q1'" in err and "Traceback" not in err
     assert main(["eval", str(BEIR), "--top-k", "0", "-e", "hf"]) == 2
-    assert "--top-k must be positive" in capsys.readouterr().err
+    assert "top_k must be a positive integer, got 0" in capsys.readouterr().err
+    assert main(["eval", str(BEIR), "--max-queries", "-1", "-e", "hf"]) == 2
+    assert "max_queries must be a positive integer, got -1" in capsys.readouterr().err

@@ -240,6 +240,27 @@ def test_prompt_lmdeploy_rejects_is_an_error_entry(fake_lmdeploy, hf_engine, tin
     assert np.isfinite(d.score[0]) and np.isnan(d.score[1])
 
 
+def test_leading_bos_is_sent_once(fake_lmdeploy, hf_engine, tiny_model_dir, monkeypatch):
+    """A chat template that starts with the BOS LMDeploy's tokenizer adds again: the prompt goes in without it."""
+    from transformers import AutoTokenizer
+
+    from genrank.engines.hf import TransformersEngine
+
+    _, LMDeployEngine = fake_lmdeploy
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.bos_token, tok.add_bos_token = "<|endoftext|>", True
+    tok.chat_template = "{{ bos_token }}" + tok.chat_template
+    pipe = FakePipeline(hf_engine.model, tok, TurbomindEngineConfig())
+    engine = LMDeployEngine(pipeline=pipe)
+    encode = tok.encode
+    monkeypatch.setattr(tok, "encode", lambda text, **kw: encode(text, **kw) if text else pytest.fail("encode('')"))
+    ours = Reranker(engine=engine).score(PAIRS)
+    reference = Reranker(engine=TransformersEngine(hf_engine.model, tokenizer=tok, device="cpu")).score(PAIRS)
+    (sent, _, _), = pipe.calls
+    assert not any(t.startswith("<|endoftext|>") for t in sent)
+    assert np.abs(ours - reference).max() < 1e-4
+
+
 def test_configuration_errors(fake_lmdeploy, hf_engine, tiny_tokenizer):
     _, LMDeployEngine = fake_lmdeploy
     with pytest.raises(ValueError, match="raw_logprobs"):

@@ -1,6 +1,6 @@
 import pytest
 
-from genrank import PromptBuilder, load_template
+from genrank import PromptBuilder, TemplateError, load_template
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +106,29 @@ def test_without_tokenizer_only_chats_are_built():
     p = PromptBuilder(load_template()).build(["q"], ["d"])
     assert p.token_ids is None and p.texts is None
     assert p.chats()[0][1]["content"] == "<<<Query>>>\nq\n\n<<<Context>>>\nd"
+
+
+def test_instructions_of_the_wrong_length_are_an_error(builder):
+    with pytest.raises(ValueError, match="instructions has 1 items for 2 pairs"):
+        builder.build(["q1", "q2"], ["d1", "d2"], ["Find."])
+
+
+def test_room_check_counts_the_default_instruction(tiny_tokenizer):
+    b = PromptBuilder(load_template("lb-reranker-v1-instruct"), tiny_tokenizer, max_length=4096)
+    overhead = len(b.build([""], [""]).token_ids[0])  # the default instruction, no query or document
+    assert len(b.build([""], [""], [""]).token_ids[0]) < overhead
+    with pytest.raises(ValueError, match=f"max_length={overhead} leaves no room: the template alone is {overhead}"):
+        PromptBuilder(b.template, tiny_tokenizer, max_length=overhead)
+    p = PromptBuilder(b.template, tiny_tokenizer, max_length=overhead + 1).build(["q"], ["long " * 100])
+    assert len(p.token_ids[0]) <= overhead + 1 and p.truncated[0]
+
+
+def test_chat_template_that_rejects_the_chat_names_tokenizer_and_template(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)  # Gemma-style: no system role
+    tok.chat_template = ("{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+                         "{% endif %}{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    with pytest.raises(TemplateError, match=r"tokenizer '.*tiny-qwen2' cannot render a chat of template "
+                                            r"'lb-reranker-v1': System role not supported"):
+        PromptBuilder(load_template(), tok)

@@ -100,6 +100,26 @@ def test_bad_rank_arguments(rr):
         rr.rank("q", "one string")
     with pytest.raises(ValueError, match="top_k must be a positive integer"):
         rr.rank("q", ["d"], top_k=0)
+    with pytest.raises(ValueError, match="documents is empty"):
+        rr.rank("q", [])
+    with pytest.raises(ValueError, match=r"pairs\[0\] document is not valid Unicode: lone surrogate '\\ud83d' at character 1"):
+        rr.score([("q", "x\ud83d")])
+
+
+def test_instructions_are_one_per_pair(hf_engine):
+    rr = Reranker(engine=hf_engine, template="lb-reranker-v1-instruct")
+    pairs = [(SEED_QUERY, d) for d in SEED_DOCUMENTS[:3]]
+    for bad, message in [(["x"], "instructions has 1 items for 3 pairs"), ([], "instructions has 0 items for 3 pairs"),
+                         ("x", "got a single string"), (["x", None, 5], r"instructions\[2\] must be a string")]:
+        with pytest.raises(ValueError, match=message):
+            rr.score_details(pairs, instructions=bad)
+        with pytest.raises(ValueError, match=message):
+            rr.prepare(pairs, instructions=bad)
+    with pytest.raises(ValueError, match="takes no instruction"):
+        Reranker(engine=hf_engine).score_details(pairs, instructions=["x", "y", "z"])
+    given = rr.score_details(pairs, instructions=["Find the author.", None, "Find the author."]).score
+    default = rr.score_details(pairs).score
+    assert given[1] == pytest.approx(default[1], abs=1e-6) and given[0] != pytest.approx(default[0], abs=1e-6)
 
 
 def test_unknown_engine_and_missing_extra():
@@ -110,6 +130,53 @@ def test_unknown_engine_and_missing_extra():
     except ImportError:
         with pytest.raises(ImportError, match=r"pip install 'genrank\[lmdeploy\]'"):
             Reranker("m", engine="lmdeploy")
+
+
+def test_auto_engine_class_is_the_auto_engine():
+    from genrank.engines import auto_engine_name, engine_class
+
+    assert engine_class("auto") is engine_class(auto_engine_name())
+
+
+@pytest.mark.parametrize("kind, option", [("gemma2", {"final_logit_softcapping": 2.0}),
+                                          ("cohere", {"logit_scale": 0.25}),
+                                          ("granite", {"logits_scaling": 4.0})])
+def test_logit_scaling_and_softcapping_as_in_the_models_forward(tiny_tokenizer, kind, option):
+    """Gemma 2 caps the LM head's logits, Cohere and Granite scale them: the driver must too."""
+    from transformers import AutoConfig
+
+    from genrank.engines.hf import TransformersEngine
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(kind, vocab_size=len(tiny_tokenizer), hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                                  initializer_range=0.3, **option)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    engine = TransformersEngine(model, tokenizer=tiny_tokenizer, device="cpu")
+    rr = Reranker(engine=engine)
+    prompts = rr.prepare([(SEED_QUERY, d) for d in SEED_DOCUMENTS])  # different lengths: padded batch
+    label_ids = list(rr.builder.labels.token_ids)
+    expected, head_only = [], []
+    with torch.no_grad():
+        for ids in prompts.token_ids:
+            expected.append(torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1)[label_ids].numpy())
+            hidden = model.get_decoder()(torch.tensor([ids])).last_hidden_state[0, -1]
+            head_only.append(torch.log_softmax(model.get_output_embeddings()(hidden), -1)[label_ids].numpy())
+    got = engine.label_logprobs(prompts, rr.builder.labels).values
+    assert np.abs(got - np.array(expected)).max() < 1e-5
+    assert np.abs(np.array(head_only) - np.array(expected)).max() > 0.1  # the transform matters here
+
+
+def test_dtype_names_and_loaded_model_options(tiny_model_dir, hf_engine):
+    from genrank.engines.hf import TransformersEngine
+
+    with pytest.raises(ValueError, match="dtype must be a torch dtype or its name such as 'bfloat16', got 'bf16'"):
+        TransformersEngine(str(tiny_model_dir), device="cpu", dtype="bf16")
+    assert TransformersEngine(str(tiny_model_dir), device="cpu", dtype="float64").model.dtype == torch.float64
+    with pytest.raises(TypeError, match=r"only when loading a model by name; got \['dtype', 'revision'\] with a "
+                                        "loaded Qwen2ForCausalLM"):
+        TransformersEngine(hf_engine.model, tokenizer=hf_engine.tokenizer, device="cpu", dtype="bfloat16",
+                           revision="main")
 
 
 def test_instruction_needs_an_instruction_template(hf_engine):

@@ -48,12 +48,29 @@ def test_user_template_file(tmp_path):
     ('user = "{query} {document}"\n[labels]\n"1" = "high"\n"2" = 2\n', "label '1' must map to a number"),
     ('user = "{query} {document}"\n[labels]\n"1" = 1\n"2" = 2\n[score]\nmethod = "max"\n', "method 'max'"),
     ('user = "{query} {document}\n', "not valid TOML"),
+    ('user = "{query} {document"\n[labels]\n"1" = 1\n"2" = 2\n', "field 'user' is not a valid format string"),
+    ('user = "{query} {document}"\nscore = "expected"\n[labels]\n"1" = 1\n"2" = 2\n',
+     "field 'score' must be a table, got 'expected'"),
 ])
 def test_bad_template_files_name_the_problem(tmp_path, body, message):
     path = tmp_path / "bad.toml"
     path.write_text(body)
-    with pytest.raises(TemplateError, match=message.replace("{", r"\{").replace("}", r"\}").replace("(", r"\(")):
+    with pytest.raises(TemplateError, match=message.replace("{", r"\{").replace("}", r"\}").replace("(", r"\(")) as e:
         load_template(path)
+    assert repr(str(path)) in str(e.value)
+
+
+def test_instruction_field_is_found_by_name_not_by_text(tmp_path):
+    path = tmp_path / "conv.toml"
+    path.write_text('user = "{instruction!s}: {query} {document}"\ndefault_instruction = "Rank."\n'
+                    '[labels]\n"1" = 1\n"2" = 2\n')
+    t = load_template(path)
+    assert t.takes_instruction
+    assert t.user_message("q", "d") == "Rank.: q d" and t.user_message("q", "d", "Find.") == "Find.: q d"
+    assert t.instruction(None) == "Rank." and t.instruction("") == ""
+    path.write_text('user = "{query} {document} {{instruction}}"\n[labels]\n"1" = 1\n"2" = 2\n')
+    literal = load_template(path)
+    assert not literal.takes_instruction and literal.user_message("q", "d") == "q d {instruction}"
 
 
 def test_unknown_template_name_lists_shipped_ones():

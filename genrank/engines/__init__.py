@@ -15,12 +15,12 @@ ENGINES: dict[str, tuple[str, str, str]] = {
     "lmdeploy": ("genrank.engines.lmdeploy", "LMDeployEngine", "lmdeploy"),
     "openai": ("genrank.engines.openai", "OpenAIEngine", "openai"),
 }
-ALIASES = {"transformers": "hf", "auto": "auto"}
+ALIASES = {"transformers": "hf"}
 
 
 def engine_class(name: str) -> type:
-    """The driver class for an engine name, with a clear error when its extra is missing."""
-    name = ALIASES.get(name, name)
+    """The driver class for an engine name ("auto" included), with a clear error when its extra is missing."""
+    name = auto_engine_name() if name == "auto" else ALIASES.get(name, name)
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; choose one of: auto, {', '.join(ENGINES)}, transformers "
                          "(or pass an Engine instance)")
@@ -51,10 +51,9 @@ def make_engine(engine: str | Engine, model: str | None, **kwargs: Any) -> Engin
         if not isinstance(engine, Engine):
             raise TypeError(f"engine must be a name or an Engine, got {type(engine).__name__}")
         return engine
-    name = auto_engine_name() if engine == "auto" else engine
-    cls = engine_class(name)
+    cls = engine_class(engine)
     if model is None:
-        raise ValueError(f"engine {name!r} needs a model")
+        raise ValueError(f"engine {engine!r} needs a model")
     return cls(model, **kwargs)
 
 

@@ -70,6 +70,8 @@ class LMDeployEngine:
         self.backend = "pytorch" if isinstance(config, PytorchEngineConfig) else "turbomind"
         self.top_logprobs = top_logprobs
         self._tokenizer = pipeline.async_engine.tokenizer.model.model  # lmdeploy Tokenizer -> HF tokenizer
+        bos = self._tokenizer.bos_token
+        self._bos = bos if bos and self._tokenizer.bos_token_id in self._tokenizer.encode("") else ""
 
     @property
     def tokenizer(self) -> Any:
@@ -104,10 +106,7 @@ class LMDeployEngine:
 
     def _without_bos(self, text: str) -> str:
         """``text`` without a leading BOS that LMDeploy's tokenizer adds again (``encode(add_bos=True)``)."""
-        bos = self._tokenizer.bos_token
-        if bos and text.startswith(bos) and self._tokenizer.bos_token_id in self._tokenizer.encode(""):
-            return text[len(bos):]
-        return text
+        return text[len(self._bos):] if self._bos and text.startswith(self._bos) else text
 
 
 def _exact_backend_config(config: TurbomindEngineConfig | PytorchEngineConfig | None):
