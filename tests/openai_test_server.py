@@ -2,7 +2,8 @@
 
 Answers ``/v1/chat/completions`` and ``/v1/completions`` with one-token responses whose top
 logprobs are a deterministic function of the prompt (so a run with faults can be compared with a
-fault-free run), plus ``/v1/models``. Faults:
+fault-free run), plus ``/v1/models`` (and, posing as a vLLM server with ``vllm_version``,
+``/version``). Faults:
 
 * on a share ``fault_rate`` of prompts (chosen by a hash of the prompt), the first attempt(s) get
   one of ``FAULTS``;
@@ -10,11 +11,13 @@ fault-free run), plus ``/v1/models``. Faults:
 
 Transient kinds (a correct client retries): ``429`` (with ``Retry-After``), ``500``, ``502``,
 ``503``, ``slow`` (answers after ``slow_seconds``), ``drop`` (closes the connection),
-``malformed`` (truncated JSON), ``nologprobs``. Content kinds (a correct client reads the same
+``malformed`` (truncated JSON). Content kinds (a correct client reads the same
 scores): ``nondigit`` (near-miss tokens such as "07", "7." and "seven" among the top tokens),
 ``whitespace`` (each label split into "7", " 7" and "7\\n" with the same total probability).
-Other kinds: ``400``, ``401``, ``404``, ``echo-key`` (a 500 whose message repeats the
-Authorization header, as careless gateways do).
+Other kinds: ``400``, ``401``, ``404``, ``nologprobs`` (a well-formed answer without logprobs, as
+from a gateway that drops them), ``echo-key`` (a 500 whose message repeats the Authorization
+header, as careless gateways do), ``echo-key-long`` (the same after 480 characters of text),
+``echo-key-401`` (a 401 that repeats it).
 
 Run it standalone for benchmarks: ``python tests/openai_test_server.py --latency 0.02``.
 """
@@ -39,7 +42,7 @@ WORDS = ["the", "Hello", "a", "I", ".", "\n", "Score", "The", "**", "Rating", ":
          "relevant", "not", "It", "This", "score"]
 NEAR_MISSES = ["07", "7.", "seven", "\uff17", "+7", "7/7", "1-7", "3.5", "Seven", "7a"]
 VOCAB = LABELS + WORDS
-TRANSIENT = ["429", "500", "502", "503", "slow", "drop", "malformed", "nologprobs"]
+TRANSIENT = ["429", "500", "502", "503", "slow", "drop", "malformed"]
 FAULTS = TRANSIENT + ["nondigit", "whitespace"]
 _MARKER = re.compile(r"\[\[fault:([\w-]+):(\d+|inf)\]\]")
 
@@ -59,10 +62,10 @@ class FakeOpenAIServer:
 
     def __init__(self, *, fault_rate: float = 0.0, faults: list[str] = FAULTS, latency: float = 0.0,
                  slow_seconds: float = 3.0, max_top_logprobs: int = 20, retry_after: str = "1",
-                 fixed: bool = False, port: int = 0):
+                 fixed: bool = False, vllm_version: str | None = None, port: int = 0):
         self.fault_rate, self.faults, self.latency = fault_rate, list(faults), latency
         self.slow_seconds, self.max_top_logprobs, self.retry_after = slow_seconds, max_top_logprobs, retry_after
-        self.fixed, self.port = fixed, port
+        self.fixed, self.vllm_version, self.port = fixed, vllm_version, port
         self._fixed_bodies: dict[bool, bytes] = {}
         self.attempts: Counter[str] = Counter()  # prompt key -> requests seen
         self.requests: list[dict] = []  # {"path", "headers", "query", "body", "time"} of each request
@@ -82,6 +85,7 @@ class FakeOpenAIServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/version", self._version)
         return app
 
     def __enter__(self) -> FakeOpenAIServer:
@@ -114,8 +118,12 @@ class FakeOpenAIServer:
     # -- handlers ----------------------------------------------------------------------------
 
     async def _models(self, request: web.Request) -> web.Response:
+        owner = "vllm" if self.vllm_version else "genrank-tests"
         return web.json_response({"object": "list", "data": [{"id": "test-model", "object": "model",
-                                                             "owned_by": "genrank-tests"}]})
+                                                             "owned_by": owner}]})
+
+    async def _version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": self.vllm_version}) if self.vllm_version else web.Response(status=404)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         if self.fixed:
@@ -148,8 +156,9 @@ class FakeOpenAIServer:
         if fault in ("429", "500", "502", "503", "400", "401", "404"):
             headers = {"Retry-After": self.retry_after} if fault == "429" else None
             return _error(int(fault), f"injected {fault}", headers)
-        if fault == "echo-key":
-            return _error(500, f"upstream refused credentials {request.headers.get('Authorization')}")
+        if fault in ("echo-key", "echo-key-long", "echo-key-401"):
+            before = "." * 480 if fault == "echo-key-long" else "upstream refused credentials"
+            return _error(401 if fault == "echo-key-401" else 500, f"{before} {request.headers.get('Authorization')}")
         if fault == "slow":
             await asyncio.sleep(self.slow_seconds)
         if fault == "drop":

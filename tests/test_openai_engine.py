@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import math
+import socket
 import time
 
 import numpy as np
@@ -123,6 +125,14 @@ def test_retry_after_is_honoured():
     assert out.errors == {} and time.monotonic() - start >= waited >= 0.95
 
 
+def test_an_answer_without_logprobs_fails_at_once():
+    prompts = chat_prompts(["ok", "the gateway drops them [[fault:nologprobs:inf]]"])
+    with FakeOpenAIServer() as server:
+        out = OpenAIEngine("test-model", base_url=server.url).label_logprobs(prompts, LABELS_1_7)
+        assert len(server.requests) == 2  # not retried: the same request gets the same answer
+    assert list(out.errors) == [1] and "the server returned no logprobs" in out.errors[1]
+
+
 def test_not_found_raises_openai_error_at_once():
     prompts = chat_prompts(["x [[fault:404:inf]]"] * 3)
     with FakeOpenAIServer() as server, pytest.raises(openai.NotFoundError, match="HTTP 404.*injected 404"):
@@ -134,18 +144,41 @@ def test_not_found_raises_openai_error_at_once():
 
 def test_api_key_is_sent_but_never_shown(caplog):
     caplog.set_level(logging.DEBUG)
-    prompts = chat_prompts(["ok", "gateway [[fault:echo-key:inf]]"])
+    prompts = chat_prompts(["ok", "gateway [[fault:echo-key:inf]]", "long message [[fault:echo-key-long:inf]]"])
     with FakeOpenAIServer() as server:
         engine = OpenAIEngine("test-model", base_url=server.url, api_key=KEY, max_retries=1)
         out = engine.label_logprobs(prompts, LABELS_1_7)
         assert server.requests[0]["headers"]["Authorization"] == f"Bearer {KEY}"
         with pytest.raises(openai.AuthenticationError) as raised:
+            engine.label_logprobs(chat_prompts(["denied [[fault:echo-key-401:1]]"]), LABELS_1_7)
+    assert "HTTP 500" in out.errors[1] and "***" in out.errors[1] and "***" in out.errors[2]
+    error = raised.value
+    shown = [repr(engine), str(engine), str(out.errors), caplog.text, str(error), repr(error), str(error.body),
+             error.response.text, str(error.response.request.headers), repr(Reranker(engine=engine))]
+    assert "HTTP 401" in str(error) and "***" in error.response.text
+    assert not any(KEY[:12] in text for text in shown)  # not even the part before a cut
+
+
+def test_password_in_base_url_is_sent_but_never_shown(caplog, monkeypatch):
+    caplog.set_level(logging.DEBUG)
+    for name in ("OPENAI_API_KEY", "GENRANK_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="user name and there is an API key") as both:
+        OpenAIEngine("test-model", base_url="http://bob:s3cretpass@127.0.0.1:9/v1", api_key="sk-both-secret")
+    assert "s3cretpass" not in str(both.value) and "sk-both" not in str(both.value)
+    prompts = chat_prompts(["ok", "down [[fault:503:inf]]"])
+    with FakeOpenAIServer() as server:
+        engine = OpenAIEngine("test-model", base_url=server.url.replace("//", "//bob:s3cretpass@"), max_retries=0)
+        out = engine.label_logprobs(prompts, LABELS_1_7)
+        assert server.requests[0]["headers"]["Authorization"] == f"Basic {base64.b64encode(b'bob:s3cretpass').decode()}"
+        with pytest.raises(ValueError, match="mode='completions'") as prefix:
+            engine.label_logprobs(chat_prompts(["a"], template="qwen3-reranker"), Labels(("no", "yes")))
+        with pytest.raises(openai.AuthenticationError) as denied:
             engine.label_logprobs(chat_prompts(["denied [[fault:401:1]]"]), LABELS_1_7)
-    assert "HTTP 500" in out.errors[1] and "***" in out.errors[1]
-    shown = [repr(engine), str(engine), str(out.errors), caplog.text, str(raised.value), repr(raised.value),
-             str(raised.value.response.request.headers), repr(Reranker(engine=engine))]
-    assert "HTTP 401" in str(raised.value)
-    assert not any(KEY in text for text in shown)
+    assert f"HTTP 503 from {server.url}/chat/completions" in out.errors[1]
+    shown = [repr(engine), str(out.errors), caplog.text, str(prefix.value), str(denied.value),
+             str(denied.value.response.request.url)]
+    assert server.url in repr(engine) and not any("s3cretpass" in text or "bob" in text for text in shown)
 
 
 def test_api_key_from_environment(monkeypatch):
@@ -183,7 +216,8 @@ def test_chat_request_and_exact_label_reading():
 def test_top_logprobs_steps_down_when_the_server_allows_fewer():
     prompts = chat_prompts(documents(40))
     with FakeOpenAIServer(max_top_logprobs=5) as server:
-        out = OpenAIEngine("test-model", base_url=server.url, concurrency=8).label_logprobs(prompts, LABELS_1_7)
+        engine = OpenAIEngine("test-model", base_url=server.url, concurrency=8, max_retries=0)  # not a retry
+        out = engine.label_logprobs(prompts, LABELS_1_7)
     assert out.errors == {}
     asked = [r["body"]["top_logprobs"] for r in server.requests]
     assert asked.count(5) == 40 and set(asked) == {5, 20}  # the first wave asked for 20 and was refused
@@ -205,11 +239,28 @@ def test_labels_match_after_stripping_whitespace_and_other_tokens_are_ignored():
         {"token": "token_id:99", "logprob": -0.5}, {"token": "token_id:16", "logprob": -2.0},
         {"token": "token_id:15", "logprob": -9999.0}]}]}}]}
     assert by_id(ids) == [-math.inf, -2.0]  # vLLM floors log-probs at -9999: probability 0 in float64
-    for broken in ({"choices": []}, {"choices": [{"logprobs": None}]},
+    for broken in ({"choices": []},
                    {"choices": [{"logprobs": {"content": [{"token": "1", "top_logprobs": [{"token": "1"}]}]}}]},
                    {"choices": [{"logprobs": {"top_logprobs": [{"1": None}]}}]}):
         with pytest.raises(openai_engine._Transient, match="no usable first-token top logprobs"):
             extract(broken)
+    for without in ({"choices": [{"logprobs": None}]}, {"choices": [{"text": "1"}]},
+                    {"choices": [{"logprobs": {"content": []}}]}, {"choices": [{"logprobs": {"top_logprobs": None}}]}):
+        with pytest.raises(openai_engine._Rejected, match="the server returned no logprobs"):
+            extract(without)
+
+
+def test_a_server_not_yet_up_is_detected_on_the_next_call():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    labels = Labels(LABELS_1_7.texts, token_ids=tuple(range(15, 22)))
+    engine = OpenAIEngine("test-model", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
+    down = engine.label_logprobs(chat_prompts(["a"]), labels)
+    with FakeOpenAIServer(vllm_version="0.32.0", port=port) as server:
+        up = engine.label_logprobs(chat_prompts(["a"]), labels)
+    assert "connection failed" in down.errors[0] and up.errors == {}
+    assert server.requests[0]["body"]["logprob_token_ids"] == list(range(15, 22))  # read as vLLM: the labels exactly
 
 
 def test_assistant_prefix_in_chat_mode_needs_a_vllm_server():
@@ -260,6 +311,14 @@ def test_bad_options_are_named():
         OpenAIEngine("m", concurrency=0)
     with pytest.raises(ValueError, match="top_logprobs"):
         OpenAIEngine("m", top_logprobs=50)
+    with pytest.raises(ValueError, match="timeout must be .*, got '60'"):
+        OpenAIEngine("m", timeout="60")
+    with pytest.raises(ValueError, match="requests_per_second must be .*, got 0"):
+        OpenAIEngine("m", requests_per_second=0)
+    with pytest.raises(ValueError, match="requests_per_second must be .*, got '5'"):
+        OpenAIEngine("m", requests_per_second="5")
+    with pytest.raises(ValueError, match="tokens_per_minute must be .*, got -1"):
+        OpenAIEngine("m", tokens_per_minute=-1)
 
 
 def test_progress_bar_shows_failures_when_asked(capsys):

@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import sys
@@ -47,7 +48,7 @@ _TOKEN_ID_PREFIX = "token_id:"  # vLLM's token form with return_tokens_as_token_
 
 
 class _Transient(Exception):
-    """A failure worth retrying: 429, 5xx, timeout, dropped connection, unusable response."""
+    """A failure worth retrying: 429, 5xx, timeout, dropped connection, malformed response."""
 
     def __init__(self, reason: str, retry_after: float | None = None):
         super().__init__(reason)
@@ -55,7 +56,7 @@ class _Transient(Exception):
 
 
 class _Rejected(Exception):
-    """The server refused this request (4xx other than 401/403/404); retrying will not help."""
+    """Retrying will not help: the server refused the request (4xx but 401/403/404) or gave no logprobs."""
 
 
 class _RateLimiter:
@@ -66,8 +67,6 @@ class _RateLimiter:
     """
 
     def __init__(self, rate: float, period: float):
-        if not rate > 0:
-            raise ValueError(f"rate limit must be positive, got {rate!r}")
         self.rate, self.interval = rate, period / rate
         self._next = 0.0
 
@@ -90,9 +89,9 @@ class OpenAIEngine:
     the server allows no more) and labels outside them get probability 0 (see ``label_mass``).
 
     Up to ``concurrency`` requests are in flight. 429, 5xx, timeouts, dropped connections and
-    unusable responses are retried up to ``max_retries`` times with exponential backoff and
-    jitter, honouring ``Retry-After``; a pair that still fails is reported in
-    ``LabelLogprobs.errors`` and the rest complete. 401, 403 and 404 raise at once.
+    malformed responses are retried up to ``max_retries`` times with exponential backoff and
+    jitter, honouring ``Retry-After``; a pair that still fails, or whose answer has no logprobs, is
+    reported in ``LabelLogprobs.errors`` and the rest complete. 401, 403 and 404 raise at once.
 
     A template with an assistant prefix (e.g. qwen3-reranker) in chat mode sends the prefix as
     a final assistant message for the server to continue (vLLM's ``continue_final_message``);
@@ -117,8 +116,11 @@ class OpenAIEngine:
             raise ValueError(f"mode must be 'chat' or 'completions', got {mode!r}")
         if not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
-        if not timeout > 0:
-            raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+        if not _positive(timeout):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        for name, rate in (("requests_per_second", requests_per_second), ("tokens_per_minute", tokens_per_minute)):
+            if rate is not None and not _positive(rate):
+                raise ValueError(f"{name} must be a positive number or None, got {rate!r}")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
         if top_logprobs is not None and (not isinstance(top_logprobs, int) or not 1 <= top_logprobs <= 20):
@@ -135,6 +137,8 @@ class OpenAIEngine:
         self.label_token_ids = label_token_ids
         self.show_progress = show_progress
         self._api_key = api_key or os.environ.get("GENRANK_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        if self._api_key and URL(self.base_url).user is not None:  # aiohttp allows one kind of credentials
+            raise ValueError("base_url holds a user name and there is an API key; give one or the other")
         self._headers = {"Content-Type": "application/json", **(default_headers or {})}
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
@@ -153,8 +157,9 @@ class OpenAIEngine:
     def tokenizer(self) -> Any | None:
         return self._tokenizer
 
-    def __repr__(self) -> str:  # never shows the API key
-        return f"OpenAIEngine(model={self.model!r}, base_url={self.base_url!r}, mode={self.mode!r}, concurrency={self.concurrency})"
+    def __repr__(self) -> str:  # never shows the API key or a password in base_url
+        return (f"OpenAIEngine(model={self.model!r}, base_url={_shown(URL(self.base_url))!r}, mode={self.mode!r}, "
+                f"concurrency={self.concurrency})")
 
     # -- public API --------------------------------------------------------------------------
 
@@ -181,8 +186,8 @@ class OpenAIEngine:
         async with aiohttp.ClientSession(headers=self._headers, connector=connector, timeout=timeout) as session:
             if self._server is None:
                 self._server = await self._detect_server(session)
-            request = await self._request_builder(session, prompts, labels)
-            extract = _extractor(labels, self._label_ids.get(labels.texts))
+            request, ids = await self._request_builder(session, prompts, labels)
+            extract = _extractor(labels, ids)
             show = self.show_progress if self.show_progress is not None else sys.stderr.isatty()
             with tqdm(total=n, unit="pair", disable=not show, desc="genrank") as bar:
                 pending = iter(grouped_by_query(prompts))  # a server's prefix cache reuses each query's prefix
@@ -210,7 +215,10 @@ class OpenAIEngine:
     # -- requests ----------------------------------------------------------------------------
 
     async def _request_builder(self, session: aiohttp.ClientSession, prompts: Prompts, labels: Labels):
-        """A function from prompt index to (endpoint, JSON body, token estimate, top logprobs asked)."""
+        """A function from prompt index to (endpoint, JSON body, token estimate, top logprobs asked), and the ids.
+
+        The ids are the label token ids asked for, None where the top log-probs are read.
+        """
         ids = await self._resolve_label_ids(session, labels)
         if self.mode == "chat":
             url, extra = self._url("chat/completions"), {"logprobs": True}
@@ -220,7 +228,7 @@ class OpenAIEngine:
                 if self._server != "vllm":
                     raise ValueError(
                         f"template {prompts.template.name!r} has an assistant prefix, which chat mode can send "
-                        f"only to a vLLM server (continue_final_message); {self.base_url} is not one. "
+                        f"only to a vLLM server (continue_final_message); {_shown(URL(self.base_url))} is not one. "
                         "Use mode='completions' with the model's tokenizer.")
                 chats = [c + [{"role": "assistant", "content": prefix}] for c in chats]
                 extra.update(continue_final_message=True, add_generation_prompt=False)
@@ -242,11 +250,11 @@ class OpenAIEngine:
         def request(i: int) -> tuple[URL, bytes, int, int | None]:
             body = {**head, field: payloads[i]}
             top = None
-            if ids is None:  # read at each attempt: a server may refuse 20 and get 5 on the retry
+            if ids is None:  # read at each post: a server may refuse 20 and get 5 on the re-post
                 top = body[top_field] = self._top_logprobs
             return url, json.dumps(body).encode(), lengths[i] + 1, top
 
-        return request
+        return request, ids
 
     async def _post_with_retries(self, session: aiohttp.ClientSession, request: Callable[[], tuple[URL, bytes, int, int | None]],
                                  extract: Callable[[dict], list[float]]) -> list[float]:
@@ -258,12 +266,14 @@ class OpenAIEngine:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    return extract(await self._post(session, *request()))
+                    return extract(await self._post(session, request))
         except _Transient as e:
             raise _Transient(f"{e} (gave up after {attempts} attempts)") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _post(self, session: aiohttp.ClientSession, url: URL, body: bytes, tokens: int, top: int | None) -> dict:
+    async def _post(self, session: aiohttp.ClientSession,
+                    request: Callable[[], tuple[URL, bytes, int, int | None]]) -> dict:
+        url, body, tokens, top = request()
         if self._rps is not None:
             await self._rps.acquire()
         if self._tpm is not None:
@@ -281,31 +291,45 @@ class OpenAIEngine:
             try:
                 return json.loads(raw)
             except ValueError:
-                raise _Transient(f"malformed JSON in response: {raw[:80]!r}") from None
-        message = _redact(_server_message(raw), self._api_key)
-        reason = f"HTTP {status} from {url.with_query(None)}: {message}"
-        if status in _RETRY_STATUS:
-            raise _Transient(reason, retry_after)
-        if status in _FATAL:
-            raise _status_error(status, str(url.with_query(None)), raw, reason)
+                text = _redact(raw.decode("utf-8", "replace"), self._api_key)
+                raise _Transient(f"malformed JSON in response: {text[:80]!r}") from None
+        error = self._http_error(status, url, raw, retry_after)
         if status == 400 and self._top_logprobs_auto and (top or 0) > _FALLBACK_TOP_LOGPROBS \
-                and "logprobs" in message.lower():
+                and "logprobs" in _server_message(raw.decode("utf-8", "replace")).lower():
             if self._top_logprobs > _FALLBACK_TOP_LOGPROBS:
-                log.warning("server refused top_logprobs=%d (%s); asking for %d", top, message,
-                            _FALLBACK_TOP_LOGPROBS)
+                log.warning("server refused top_logprobs=%d (%s); asking for %d", top, error, _FALLBACK_TOP_LOGPROBS)
                 self._top_logprobs = _FALLBACK_TOP_LOGPROBS
-            raise _Transient(reason, retry_after=0.0)
-        raise _Rejected(reason)
+            return await self._post(session, request)  # at once, not counted as a retry: nothing failed
+        raise error
+
+    def _http_error(self, status: int, url: URL, raw: bytes, retry_after: float | None = None) -> Exception:
+        """The exception for an HTTP error: the openai package's for 401/403/404, else _Transient or _Rejected.
+
+        Its reason names the status, the endpoint (without credentials or query) and the server's
+        message; the API key is redacted from the body before anything is cut from it or kept.
+        """
+        text = _redact(raw.decode("utf-8", "replace"), self._api_key)
+        where = _shown(url)
+        reason = f"HTTP {status} from {where}: {_server_message(text)}"
+        if status in _FATAL:
+            return _status_error(status, where, text, reason)
+        return _Transient(reason, retry_after) if status in _RETRY_STATUS else _Rejected(reason)
 
     # -- server capabilities -----------------------------------------------------------------
 
-    async def _detect_server(self, session: aiohttp.ClientSession) -> str:
-        """"vllm" for a vLLM server of 0.32 or later (it returns chosen tokens' log-probs), else "other"."""
-        models = await self._get_json(session, self._url("models"))
-        owners = {m.get("owned_by") for m in (models or {}).get("data", []) if isinstance(m, dict)}
-        if "vllm" not in owners:
-            return "other"
-        version = str((await self._get_json(session, self._url("version", root=True)) or {}).get("version", ""))
+    async def _detect_server(self, session: aiohttp.ClientSession) -> str | None:
+        """"vllm" for a vLLM server of 0.32 or later (it returns chosen tokens' log-probs), else "other".
+
+        None when the server did not answer (not yet started, overloaded): the next call asks again.
+        """
+        try:
+            models = await self._get_json(session, self._url("models"))
+            owners = {m.get("owned_by") for m in (models or {}).get("data", []) if isinstance(m, dict)}
+            if "vllm" not in owners:
+                return "other"
+            version = str((await self._get_json(session, self._url("version", root=True)) or {}).get("version", ""))
+        except _Transient:
+            return None
         found = re.match(r"(\d+)\.(\d+)", version)
         if found and (int(found[1]), int(found[2])) >= (0, 32):
             return "vllm"
@@ -326,7 +350,8 @@ class OpenAIEngine:
             if ids is None:
                 raise ValueError("label_token_ids=True needs the label token ids: pass tokenizer=... "
                                  "or use a vLLM server (it has /tokenize)")
-        self._label_ids[labels.texts] = ids
+        if self._server is not None:  # else the server may yet turn out to be vLLM
+            self._label_ids[labels.texts] = ids
         return ids
 
     async def _server_label_ids(self, session: aiohttp.ClientSession, texts: tuple[str, ...]) -> tuple[int, ...] | None:
@@ -347,15 +372,18 @@ class OpenAIEngine:
         return tuple(ids)
 
     async def _get_json(self, session: aiohttp.ClientSession, url: URL) -> dict | None:
+        """The JSON of a 200 answer, else None; _Transient when no answer came (no connection, 429, 5xx)."""
         try:
             async with session.get(url, proxy=self._proxy) as resp:
-                if resp.status in (401, 403):  # a wrong key; a 404 here may be a gateway without the route
-                    raw = await resp.read()
-                    where = str(url.with_query(None))
-                    raise _status_error(resp.status, where, raw, f"HTTP {resp.status} from {where}: "
-                                        f"{_redact(_server_message(raw), self._api_key)}")
-                return await resp.json(content_type=None) if resp.status == 200 else None
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                raw, status = await resp.read(), resp.status
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise _Transient(f"connection failed: {type(e).__name__}: {e}") from None
+        # a wrong key, or no answer yet; a 404 is an answer (a gateway without the route)
+        if status in (401, 403) or status in _RETRY_STATUS:
+            raise self._http_error(status, url, raw)
+        try:
+            return json.loads(raw) if status == 200 else None
+        except ValueError:
             return None
 
     def _url(self, path: str, root: bool = False) -> URL:
@@ -369,7 +397,8 @@ def _extractor(labels: Labels, ids: tuple[int, ...] | None):
 
     Tokens are matched to labels by id when the server returns ``token_id:N`` forms, else by text
     after stripping whitespace ("7", " 7" and "7\\n" are one label, their probabilities summed);
-    other tokens are ignored.
+    other tokens are ignored. A response without log-probs for the first token is rejected (the
+    server ignores ``logprobs``; asking again returns the same), a malformed one is transient.
     """
     match = {t.strip(): k for k, t in enumerate(labels.texts)}
     match.update({f"{_TOKEN_ID_PREFIX}{t}": k for k, t in enumerate(ids or ())})
@@ -378,11 +407,15 @@ def _extractor(labels: Labels, ids: tuple[int, ...] | None):
     def extract(data: dict) -> list[float]:
         probs = [0.0] * k_labels
         try:
-            logprobs = data["choices"][0]["logprobs"]
-            if "content" in logprobs:  # chat: [{"token", "logprob", ...}, ...]
-                top = ((e["token"], e["logprob"]) for e in logprobs["content"][0]["top_logprobs"])
-            else:  # completions: {token: logprob}
-                top = logprobs["top_logprobs"][0].items()
+            logprobs = data["choices"][0].get("logprobs") or {}
+            chat = "content" in logprobs
+            first = logprobs.get("content" if chat else "top_logprobs")
+            if not first:
+                raise _Rejected("the server returned no logprobs for the first token (does it support logprobs?)")
+            if chat:  # [{"token", "logprob", "top_logprobs": [{"token", "logprob"}, ...]}, ...]
+                top = ((e["token"], e["logprob"]) for e in first[0]["top_logprobs"])
+            else:  # completions: [{token: logprob}, ...]
+                top = first[0].items()
             for token, logprob in top:
                 k = match.get(token.strip())
                 if k is not None:
@@ -425,29 +458,29 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
             return None
 
 
-def _server_message(raw: bytes) -> str:
+def _server_message(text: str) -> str:
     """The error message of an OpenAI-style error body, else the start of the body."""
     try:
-        body = json.loads(raw)
+        body = json.loads(text)
         error = body.get("error", body) if isinstance(body, dict) else body
         message = error.get("message") if isinstance(error, dict) else error
         if message:
             return str(message)[:500]
     except ValueError:
         pass
-    return raw[:200].decode("utf-8", "replace") or "(empty body)"
+    return text[:200] or "(empty body)"
 
 
-def _status_error(status: int, url: str, raw: bytes, reason: str) -> openai.APIStatusError:
+def _status_error(status: int, url: str, text: str, reason: str) -> openai.APIStatusError:
     """The openai package's exception for ``status`` (it wants the HTTP library's request/response objects)."""
     # openai builds its errors from its own HTTP library's Response (httpx, httpx2 in openai 3.x):
     # openai/_exceptions.py APIStatusError(message, *, response, body); take the module it uses.
     from openai import _exceptions
 
     http = getattr(_exceptions, "httpx2", None) or _exceptions.httpx
-    response = http.Response(status, content=raw, request=http.Request("POST", url))
+    response = http.Response(status, content=text.encode(), request=http.Request("POST", url))
     try:
-        body = json.loads(raw)
+        body = json.loads(text)
     except ValueError:
         body = None
     if isinstance(body, dict):
@@ -457,6 +490,15 @@ def _status_error(status: int, url: str, raw: bytes, reason: str) -> openai.APIS
 
 def _redact(text: str, secret: str | None) -> str:
     return text.replace(secret, "***") if secret else text
+
+
+def _shown(url: URL) -> str:
+    """``url`` as messages show it: without user, password or query (they may hold credentials)."""
+    return str((url.with_user(None) if url.absolute else url).with_query(None))
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and 0 < value < math.inf
 
 
 def _environment_proxy(url: str) -> str | None:
