@@ -7,7 +7,6 @@ text).strip()``, as BEIR's own rerankers build them.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -19,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from .cli import add_model_options, reranker_from_args
 
 # query id -> [(doc id, score)], best first
 Ranking = dict[str, list[tuple[str, float]]]
@@ -296,7 +294,7 @@ def evaluate_reranker(reranker, folder: str | Path, *, run_file: str | Path | No
     return evaluate_run(reranker, data, first, top_k=top_k, source="bm25" if run_file is None else str(run_file))
 
 
-# -- command line --------------------------------------------------------------------------------
+# -- report --------------------------------------------------------------------------------
 
 def format_table(result: EvalResult) -> str:
     """The metrics as a text table (percent, like the model cards), with a summary line."""
@@ -310,41 +308,6 @@ def format_table(result: EvalResult) -> str:
                  f"{result.seconds:.1f} s; {len(result.failures)} failed, {result.truncated} truncated, "
                  f"{len(result.no_candidates)} queries without candidates")
     return "\n".join(lines)
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    data, first = load_first_stage(args.data, run_file=args.run, split=args.split, top_k=args.top_k,
-                                   max_queries=args.max_queries)  # before the model loads: data errors come fast
-    reranker = reranker_from_args(args, show_progress=sys.stderr.isatty())
-    result = evaluate_run(reranker, data, first, top_k=args.top_k, source=args.run or "bm25")
-    if args.output:
-        write_trec_run(result.run, args.output)
-    print(json.dumps(result.to_json(), indent=2) if args.json else format_table(result))
-    for f in result.failures[:5]:
-        print(f"genrank: warning: query {f.query_id!r} document {f.doc_id!r} not scored: {f.error}", file=sys.stderr)
-    if len(result.failures) > 5:
-        print(f"genrank: warning: {len(result.failures) - 5} more pairs not scored", file=sys.stderr)
-    return 0
-
-
-def add_command(sub: Any, fmt: type[argparse.HelpFormatter]) -> None:
-    """Add ``genrank eval`` to the CLI's subparsers."""
-    p = sub.add_parser("eval", formatter_class=fmt,
-                       help="rerank a BEIR-format dataset and report NDCG, MRR, recall and accuracy",
-                       description="Rerank the first stage of a BEIR-format folder (corpus.jsonl, queries.jsonl, "
-                                   "qrels/SPLIT.tsv) and compare metrics before and after. Both rows use the same "
-                                   "top-k candidates; failed pairs are kept last and reported.")
-    p.add_argument("data", help="BEIR-format folder")
-    p.add_argument("--run", "-r", default=None,
-                   help="first-stage TREC run file; None: BM25 over corpus.jsonl (bm25s)")
-    p.add_argument("--split", default="test", help="qrels file: qrels/SPLIT.tsv")
-    p.add_argument("--top-k", "-k", type=int, default=100, help="candidates per query to rerank")
-    p.add_argument("--max-queries", "-n", type=int, default=None,
-                   help="evaluate only the first N judged queries of queries.jsonl; None: all")
-    p.add_argument("--output", "-o", default=None, help="write the reranked run here as a TREC run file")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
-    add_model_options(p)
-    p.set_defaults(func=cmd_eval)
 
 
 __all__ = ["BeirDataset", "EvalResult", "Failure", "METRICS", "Ranking", "bm25_run", "compute_metrics",

@@ -1,11 +1,18 @@
-"""Build the chat for each (query, document) pair and render it to fit ``max_length`` tokens."""
+"""Build the chat for each (query, document) pair and render it to fit ``max_length`` tokens.
+
+Content is data: the template's own text is encoded with the tokenizer's special tokens, and every
+field (query, document, instruction) with special tokens split, so a document holding
+``<|im_end|>`` or ``<|endoftext|>`` gets the ids of that text, never the control token.
+"""
 
 from __future__ import annotations
 
+import copy
 import logging
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 
@@ -13,13 +20,18 @@ from .templates import Template, TemplateError
 
 log = logging.getLogger(__name__)
 
-_Ends = tuple[tuple[str, list[int]], tuple[str, list[int]]]  # (text, ids) before and after the fields
+LongDocuments = Literal["truncate", "chunks"]
+LONG_DOCUMENTS = ("truncate", "chunks")
 
 _SENTINELS = {"query": "\x00GENRANK_QUERY\x00", "document": "\x00GENRANK_DOCUMENT\x00",
               "instruction": "\x00GENRANK_INSTRUCTION\x00"}
 _PROBES = (("  lead and trail  ", "{braces} <b>x</b>\n\n", "sp ace "), ("q", "", "\ttab"))
-# Contents that test where the text around a template's special tokens could merge with the fields.
-_EDGE_PROBES = ("\n\nlead", " lead", "\u0301combining", "trail\n", "trail ", "a<|im_end|>b", "\r\n", "")
+# Contents that test where the template's text around its special tokens could merge with the fields.
+_EDGE_PROBES = ("\n\nlead", " lead", "\u0301combining", "trail\n", "trail ", "\r\n", "", "a\u3000b ")
+# What the Rust tokenizer's lstrip/rstrip absorb next to an added token (char::is_whitespace).
+_RUST_WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009" \
+                   "\u200a\u2028\u2029\u202f\u205f\u3000"
+_WORD_JOINER = "\u2060"
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,9 @@ class Prompts:
     ``texts`` and ``token_ids`` are the chat rendered with the model's chat template (generation
     prompt and any assistant prefix included); they are ``None`` when no tokenizer is known, and
     then only ``chats()`` is available (for servers that apply their own template).
+
+    With ``long_documents="chunks"`` a long document gives several prompts, one per window of it:
+    ``pair_index[n]`` is the pair that prompt ``n`` belongs to (None: one prompt per pair).
     """
 
     template: Template
@@ -46,14 +61,82 @@ class Prompts:
     texts: list[str] | None
     token_ids: list[list[int]] | None
     truncated: np.ndarray  # (N,) bool: the query or document was cut to fit
+    altered: np.ndarray | None = None  # (N,) bool: special-token text in the content was neutralised
+    pair_index: np.ndarray | None = None  # (N,) int: the pair of each prompt, when documents were windowed
+    special_tokens: re.Pattern | None = None  # the tokenizer's special-token strings, when known
 
     def __len__(self) -> int:
         return len(self.queries)
 
-    def chats(self) -> list[list[dict[str, str]]]:
-        """The system+user messages of each pair (truncated texts)."""
+    @property
+    def pairs(self) -> int:
+        """The number of (query, document) pairs these prompts score."""
+        return len(self) if self.pair_index is None else (int(self.pair_index[-1]) + 1 if len(self) else 0)
+
+    def chats(self, neutralise: bool = False) -> list[list[dict[str, str]]]:
+        """The system+user messages of each prompt (truncated texts).
+
+        With ``neutralise``, special-token text in a query, document or instruction is broken up
+        (see ``neutralise``) so that a server applying its own chat template reads it as text.
+        """
         t = self.template
-        return [t.messages(q, d, i) for q, d, i in zip(self.queries, self.documents, self.instructions)]
+        fix = (lambda s: s) if not neutralise or self.special_tokens is None else \
+            (lambda s: s if s is None else neutralise_text(s, self.special_tokens))
+        return [t.messages(fix(q), fix(d), fix(i)) for q, d, i in zip(self.queries, self.documents, self.instructions)]
+
+    def holding_special_tokens(self) -> set[int]:
+        """Indices of prompts whose query, document or instruction holds special-token text."""
+        if self.special_tokens is None:
+            return set()
+        search = self.special_tokens.search
+        return {n for n, fields in enumerate(zip(self.queries, self.documents, self.instructions))
+                if any(f and search(f) for f in fields)}
+
+    @classmethod
+    def concat(cls, parts: Sequence[Prompts]) -> Prompts:
+        """The prompts of ``parts`` (same template) as one batch, in order; ``pair_index`` renumbered."""
+        first = parts[0]
+        tokenized = first.token_ids is not None
+        offsets = np.cumsum([0] + [p.pairs for p in parts])
+        windowed = any(p.pair_index is not None for p in parts)
+        return cls(
+            first.template, [q for p in parts for q in p.queries], [d for p in parts for d in p.documents],
+            [i for p in parts for i in p.instructions], [t for p in parts for t in p.texts] if tokenized else None,
+            [r for p in parts for r in p.token_ids] if tokenized else None,
+            np.concatenate([p.truncated for p in parts]), np.concatenate([_altered(p) for p in parts]),
+            np.concatenate([(p.pair_index if p.pair_index is not None else np.arange(len(p))) + off
+                            for p, off in zip(parts, offsets)]) if windowed else None,
+            first.special_tokens)
+
+
+def _altered(prompts: Prompts) -> np.ndarray:
+    return prompts.altered if prompts.altered is not None else np.zeros(len(prompts), dtype=bool)
+
+
+def neutralise_text(text: str, special_tokens: re.Pattern) -> str:
+    """``text`` with a word joiner (U+2060) after the first character of each special-token string.
+
+    The tokenizer then reads that text as ordinary characters, never as the control token; the
+    model sees the string with one invisible character added.
+    """
+    while special_tokens.search(text):
+        text = special_tokens.sub(lambda m: m[0][0] + _WORD_JOINER + m[0][1:], text)
+    return text
+
+
+def special_tokens_pattern(tokenizer: Any) -> re.Pattern | None:
+    """A regex matching the special-token strings of ``tokenizer`` (None when it has none)."""
+    specials = sorted(_special_tokens(tokenizer), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, specials))) if specials else None
+
+
+def _special_tokens(tokenizer: Any) -> dict[str, Any]:
+    """Special-token string -> its AddedToken (lstrip/rstrip flags), as the tokenizer extracts them."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    found = {t.content: t for t in decoder.values() if t.special and t.content}
+    for text in getattr(tokenizer, "all_special_tokens", ()):  # special tokens not in the added vocabulary
+        found.setdefault(text, None)
+    return found
 
 
 def label_token_ids(tokenizer: Any, labels: Sequence[str]) -> tuple[int, ...]:
@@ -72,11 +155,27 @@ def label_token_ids(tokenizer: Any, labels: Sequence[str]) -> tuple[int, ...]:
     return tuple(ids)
 
 
+@dataclass(frozen=True)
+class _Segment:
+    """A piece of the rendered template between its special tokens.
+
+    ``pattern`` is a str.format pattern when the piece holds fields (encoded per pair with
+    special tokens split), else None and ``ids`` are its constant ids. ``strip`` is the whitespace
+    the neighbouring special tokens absorb: (at the start, at the end).
+    """
+
+    pattern: str | None
+    ids: tuple[int, ...] = ()
+    strip: tuple[bool, bool] = (False, False)
+
+
 class PromptBuilder:
     """Renders pairs with a template and a tokenizer's chat template, cut to ``max_length`` tokens.
 
     The document is cut first, then the query if it alone is too long, at token boundaries of the
-    raw texts before templating; the template and the generation prompt are never cut.
+    raw texts before templating; the template and the generation prompt are never cut. With
+    ``long_documents="chunks"`` a document that does not fit is split into windows that each fill
+    the room the template leaves, one prompt per window.
     """
 
     def __init__(self, template: Template, tokenizer: Any | None = None, max_length: int = 1024):
@@ -86,10 +185,12 @@ class PromptBuilder:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.labels = Labels(template.labels, label_token_ids(tokenizer, template.labels) if tokenizer else None)
+        self.special_tokens = special_tokens_pattern(tokenizer) if tokenizer is not None else None
+        self._split = _split_backend(tokenizer)
         self._format = self._fast_format() if tokenizer is not None else None
-        self._ends = self._static_ends()
+        self._segments = self._plan()
         if tokenizer is not None:
-            overhead = len(self._encode([self.render("", "", None)])[0])
+            overhead = len(self._encode([""], [""], [None])[0][0])
             if overhead >= max_length:
                 raise ValueError(f"max_length={max_length} leaves no room: the template alone is "
                                  f"{overhead} tokens with this tokenizer")
@@ -102,25 +203,82 @@ class PromptBuilder:
         return self._jinja(query, document, instruction)
 
     def build(self, queries: Sequence[str], documents: Sequence[str],
-              instructions: Sequence[str | None] | None = None) -> Prompts:
-        """Render and truncate a batch of pairs (already validated strings)."""
+              instructions: Sequence[str | None] | None = None, *, long_documents: LongDocuments = "truncate",
+              max_document_tokens: int | None = None) -> Prompts:
+        """Render and fit a batch of pairs (already validated strings).
+
+        ``max_document_tokens`` first cuts each document to that many tokens (of the document
+        alone); ``long_documents`` says what happens to a prompt still over ``max_length``.
+        """
         queries, documents = list(queries), list(documents)
         instr = list(instructions) if instructions is not None else [None] * len(queries)
         if len(instr) != len(queries):
             raise ValueError(f"instructions has {len(instr)} items for {len(queries)} pairs")
+        if long_documents not in LONG_DOCUMENTS:
+            raise ValueError(f"long_documents must be one of {LONG_DOCUMENTS}, got {long_documents!r}")
+        if max_document_tokens is not None and (not isinstance(max_document_tokens, int) or max_document_tokens < 1):
+            raise ValueError(f"max_document_tokens must be a positive integer, got {max_document_tokens!r}")
         truncated = np.zeros(len(queries), dtype=bool)
         if self.tokenizer is None:
+            if long_documents == "chunks" or max_document_tokens is not None:
+                raise ValueError("long_documents='chunks' and max_document_tokens need the model's tokenizer")
             return Prompts(self.template, queries, documents, instr, None, None, truncated)
-        texts = [self.render(q, d, i) for q, d, i in zip(queries, documents, instr)]
-        ids = self._encode(texts)
-        for n in (n for n, row in enumerate(ids) if len(row) > self.max_length):
+        if max_document_tokens is not None:
+            for n, offsets in enumerate(self._offsets(documents)):
+                if len(offsets) > max_document_tokens:
+                    documents[n] = documents[n][: offsets[max_document_tokens - 1][1]]
+                    truncated[n] = True
+        ids, texts, altered = self._encode(queries, documents, instr)
+        over = [n for n, row in enumerate(ids) if len(row) > self.max_length]
+        if long_documents == "chunks" and over:
+            return self._windowed(queries, documents, instr, texts, ids, truncated, altered, set(over))
+        for n in over:
             queries[n], documents[n], texts[n], ids[n] = self._fit(queries[n], documents[n], instr[n], len(ids[n]))
             truncated[n] = True
         if truncated.any():
             log.info("truncated %d of %d pairs to max_length=%d tokens", truncated.sum(), len(texts), self.max_length)
-        return Prompts(self.template, queries, documents, instr, texts, ids, truncated)
+        return Prompts(self.template, queries, documents, instr, texts, ids, truncated, altered,
+                       special_tokens=self.special_tokens)
 
-    # -- internals ---------------------------------------------------------------------------
+    # -- long documents ----------------------------------------------------------------------
+
+    def _windowed(self, queries, documents, instr, texts, ids, truncated, altered, over: set[int]) -> Prompts:
+        """Prompts with each pair in ``over`` replaced by one prompt per window of its document."""
+        out: dict[str, list] = {k: [] for k in ("q", "d", "i", "text", "ids", "cut", "altered", "pair")}
+
+        def add(pair: int, q: str, d: str, text: str, row: list[int], cut: bool) -> None:
+            for key, value in zip(out, (q, d, instr[pair], text, row, cut, altered[pair], pair)):
+                out[key].append(value)
+
+        for n in range(len(queries)):
+            if n not in over:
+                add(n, queries[n], documents[n], texts[n], ids[n], truncated[n])
+                continue
+            for window in self._windows(queries[n], documents[n], instr[n]):
+                (row,), (text,), _ = self._encode([queries[n]], [window], [instr[n]])
+                q, d, cut = queries[n], window, bool(truncated[n])
+                if len(row) > self.max_length:  # a window that merges differently inside the template
+                    q, d, text, row = self._fit(q, d, instr[n], len(row))
+                    cut = True
+                add(n, q, d, text, row, cut)
+        return Prompts(self.template, out["q"], out["d"], out["i"], out["text"], out["ids"],
+                       np.array(out["cut"], dtype=bool), np.array(out["altered"], dtype=bool),
+                       np.array(out["pair"], dtype=np.int64), self.special_tokens)
+
+    def _windows(self, query: str, document: str, instruction: str | None) -> list[str]:
+        """``document`` split at token boundaries into windows that fit next to the query.
+
+        A query that leaves no room is cut as in truncation and the document is one window.
+        """
+        room = self.max_length - len(self._encode([query], [""], [instruction])[0][0])
+        step = room - 2  # the window's edges may merge with the template's text into a token more
+        if step < 1:
+            return [document]
+        offsets = self._offsets([document])[0]
+        starts = [0] + [offsets[k][0] for k in range(step, len(offsets), step)]
+        return [document[a:b] for a, b in zip(starts, starts[1:] + [len(document)])]
+
+    # -- rendering ---------------------------------------------------------------------------
 
     def _jinja(self, query: str, document: str, instruction: str | None) -> str:
         import jinja2  # what transformers renders chat templates with
@@ -149,62 +307,109 @@ class PromptBuilder:
                 return None
         return pattern
 
-    def _static_ends(self) -> _Ends:
-        """The text (and its ids) before the first and after the last field, each cut at a special token.
+    # -- encoding ----------------------------------------------------------------------------
+
+    def _plan(self) -> list[_Segment] | None:
+        """The rendered template cut at its special tokens, or None to encode whole prompts.
 
         The Rust tokenizer splits special tokens out before normalising and pre-tokenising
-        (``AddedVocabulary::extract_and_normalize`` in huggingface/tokenizers), so the text on
-        either side of one is encoded independently: the system message and the assistant header
-        can be encoded once instead of once per pair. Only special tokens that absorb no
-        whitespace qualify, and the split is used only if probes encode the same as whole prompts.
+        (``AddedVocabulary::extract_and_normalize`` in huggingface/tokenizers), so the text between
+        two of them is encoded independently: the template's pieces without fields are encoded
+        once, the pieces with fields per pair with special tokens split, and the special tokens of
+        the template go in as their ids. Special tokens that absorb whitespace strip it from their
+        neighbours, as the tokenizer does. The plan is kept only if probes encode the same as
+        whole prompts.
         """
-        none: _Ends = (("", []), ("", []))
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if self._format is None or backend is None:
-            return none
-        specials = [t.content for t in self.tokenizer.added_tokens_decoder.values()
-                    if t.special and not (t.lstrip or t.rstrip or t.single_word)]
+        if self._format is None or self._split is None:
+            return None
+        specials = _special_tokens(self.tokenizer)
         rendered = self._format.format(**_SENTINELS)
-        spans = [(rendered.find(s), rendered.find(s) + len(s)) for s in _SENTINELS.values() if s in rendered]
-        first, last = min(a for a, _ in spans), max(b for _, b in spans)
-        head = max((rendered.rfind(s, 0, first) + len(s) for s in specials if s in rendered[:first]), default=0)
-        tail = min((rendered.find(s, last) for s in specials if s in rendered[last:]), default=len(rendered))
-        if head == 0 and tail == len(rendered):
-            return none
-        ends = ((rendered[:head], self._encode_texts([rendered[:head]])[0]),
-                (rendered[tail:], self._encode_texts([rendered[tail:]])[0]))
-        probes = [self.render(q, d, i) for q in _EDGE_PROBES for d in _EDGE_PROBES for i in (None, q)]
-        if self._encode(probes, ends) != self._encode_texts(probes):
+        fields = [(m.start(), m.end()) for m in re.finditer("|".join(map(re.escape, _SENTINELS.values())), rendered)]
+        found = [m for m in self.special_tokens.finditer(rendered)
+                 if not any(a < m.end() and m.start() < b for a, b in fields)] if self.special_tokens else []
+        segments: list[_Segment] = []
+        start, absorbs_left = 0, False
+        for m in found + [None]:
+            end = m.start() if m is not None else len(rendered)
+            token = specials.get(m[0]) if m is not None else None
+            if m is not None and token is not None and getattr(token, "single_word", False):
+                return None
+            strip = (absorbs_left, bool(token is not None and token.lstrip))
+            segments.append(self._segment(rendered[start:end], strip))
+            if m is not None:
+                segments.append(_Segment(None, (self.tokenizer.convert_tokens_to_ids(m[0]),)))
+                start, absorbs_left = m.end(), bool(token is not None and token.rstrip)
+        probes = [(q, d, i) for q in _EDGE_PROBES for d in _EDGE_PROBES for i in (None, q)]
+        queries, documents, instructions = map(list, zip(*probes))
+        if self._segmented(segments, queries, documents, instructions) != \
+                self._encode_texts([self.render(*p) for p in probes]):
             log.debug("template %r: encoding around its special tokens differs; encoding whole prompts",
                       self.template.name)
-            return none
-        return ends
+            return None
+        return segments
 
-    def _encode(self, texts: list[str], ends: _Ends | None = None) -> list[list[int]]:
-        """Token ids of rendered prompts: the static ends' ids around the encoded middle."""
-        (head, head_ids), (tail, tail_ids) = ends or self._ends
-        if not head and not tail:
-            return self._encode_texts(texts)
-        stop = -len(tail) or None
-        return [head_ids + ids + tail_ids for ids in self._encode_texts([t[len(head):stop] for t in texts])]
+    def _segment(self, text: str, strip: tuple[bool, bool]) -> _Segment:
+        if not any(s in text for s in _SENTINELS.values()):
+            return _Segment(None, tuple(self._encode_split([_strip(text, strip)])[0]))
+        pattern = text.replace("{", "{{").replace("}", "}}")
+        for field, sentinel in _SENTINELS.items():
+            pattern = pattern.replace(sentinel, "{" + field + "}")
+        return _Segment(pattern, strip=strip)
+
+    def _segmented(self, segments: list[_Segment], queries, documents, instructions) -> list[list[int]]:
+        """Token ids of pairs from a plan: constant pieces as they are, field pieces encoded per pair."""
+        instruction = self.template.instruction
+        rows: list[list[int]] = [[] for _ in queries]
+        for seg in segments:
+            if seg.pattern is None:
+                for row in rows:
+                    row.extend(seg.ids)
+                continue
+            texts = [_strip(seg.pattern.format(query=q, document=d, instruction=instruction(i)), seg.strip)
+                     for q, d, i in zip(queries, documents, instructions)]
+            for row, ids in zip(rows, self._encode_split(texts)):
+                row.extend(ids)
+        return rows
+
+    def _encode(self, queries: list[str], documents: list[str], instructions: list[str | None]):
+        """(token ids, rendered texts, altered) of pairs, content encoded as data.
+
+        Without a plan (a chat template that rewrites content, or a tokenizer whose encoding
+        crosses its special tokens), whole prompts are encoded; content that holds special-token
+        text is first neutralised there, and ``altered`` marks those pairs.
+        """
+        altered = np.zeros(len(queries), dtype=bool)
+        if self._segments is not None:
+            texts = [self.render(q, d, i) for q, d, i in zip(queries, documents, instructions)]
+            return self._segmented(self._segments, queries, documents, instructions), texts, altered
+        if self.special_tokens is not None:
+            for n, fields in enumerate(zip(queries, documents, instructions)):
+                if any(f and self.special_tokens.search(f) for f in fields):
+                    queries[n], documents[n] = (neutralise_text(f, self.special_tokens) for f in fields[:2])
+                    if fields[2]:
+                        instructions[n] = neutralise_text(fields[2], self.special_tokens)
+                    altered[n] = True
+        texts = [self.render(q, d, i) for q, d, i in zip(queries, documents, instructions)]
+        return self._encode_texts(texts), texts, altered
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
-        # The Rust tokenizer behind a fast tokenizer encodes a batch in parallel, without the
-        # Python wrapper's per-call overhead and over-length warnings.
-        # encode_batch_fast (tokenizers >= 0.21) gives the same ids without computing offsets.
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-            return [e.ids for e in encode(texts, add_special_tokens=False)]
-        return self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        """Whole prompts, the tokenizer's own way (special-token text read as special tokens)."""
+        return _batch_encode(self.tokenizer, getattr(self.tokenizer, "backend_tokenizer", None), texts, split=False)
+
+    def _encode_split(self, texts: list[str]) -> list[list[int]]:
+        """Content: special-token text is encoded as the characters it is made of."""
+        return _batch_encode(self.tokenizer, self._split, texts, split=True)
+
+    def _offsets(self, texts: list[str]) -> list[list[tuple[int, int]]]:
+        """Character spans of the tokens of each text, special tokens split (token boundaries to cut at)."""
+        if self._split is not None:
+            return [e.offsets for e in self._split.encode_batch(texts, add_special_tokens=False)]
+        return self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True,
+                              return_offsets_mapping=True)["offset_mapping"]
 
     def _cut(self, text: str, drop: int) -> str:
         """``text`` without its last ``drop`` tokens, cut at a token boundary (whole characters)."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        if backend is not None:
-            offsets = backend.encode(text, add_special_tokens=False).offsets
-        else:
-            offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        offsets = self._offsets([text])[0]
         keep = len(offsets) - drop
         end = offsets[keep - 1][1] if keep > 0 else 0
         return text[: min(end, len(text) - 1)]  # always shorter, so fitting terminates
@@ -219,7 +424,41 @@ class PromptBuilder:
             else:
                 raise ValueError(f"max_length={self.max_length} is too small: the prompt without query "
                                  f"and document is {length} tokens (instruction {instruction!r})")
-            text = self.render(query, document, instruction)
-            ids = self._encode([text])[0]
+            (ids,), (text,), _ = self._encode([query], [document], [instruction])
             length = len(ids)
         return query, document, text, ids
+
+
+def _strip(text: str, strip: tuple[bool, bool]) -> str:
+    if strip[0]:
+        text = text.lstrip(_RUST_WHITESPACE)
+    if strip[1]:
+        text = text.rstrip(_RUST_WHITESPACE)
+    return text
+
+
+def _split_backend(tokenizer: Any | None) -> Any | None:
+    """A copy of the Rust tokenizer that encodes special-token text as plain text (None: no Rust tokenizer).
+
+    A copy, so the caller's tokenizer (which an engine may share) keeps its own setting.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_special_tokens"):
+        return None
+    split = copy.deepcopy(backend)
+    split.encode_special_tokens = True
+    return split
+
+
+def _batch_encode(tokenizer: Any, backend: Any | None, texts: list[str], *, split: bool) -> list[list[int]]:
+    # The Rust tokenizer encodes a batch in parallel, without the Python wrapper's per-call
+    # overhead and over-length warnings; encode_batch_fast (tokenizers >= 0.21) skips the offsets.
+    if backend is not None:
+        encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        return [e.ids for e in encode(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=split,
+                     return_attention_mask=False)["input_ids"]
+
+
+__all__ = ["LONG_DOCUMENTS", "Labels", "LongDocuments", "PromptBuilder", "Prompts", "label_token_ids",
+           "neutralise_text", "special_tokens_pattern"]

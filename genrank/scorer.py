@@ -53,3 +53,14 @@ def expected_scores(logprobs: np.ndarray, values: np.ndarray | list[float], *, n
         warnings.warn(f"{zero} of {len(lp)} pairs put no probability on any label "
                       f"(scored {vals.min() if normalize else 0.0:g})", ZeroLabelMassWarning, stacklevel=2)
     return Scores(score=score, label_mass=mass, zero_mass=zero)
+
+
+def unit_interval(score: np.ndarray, values: np.ndarray | list[float]) -> np.ndarray:
+    """``score`` on [0, 1]: ``(score - lowest value) / (highest - lowest)``, clipped.
+
+    One scale for every template (1-7 digits, yes/no), as rerank services report
+    ``relevance_score``; NaN (a failed pair) stays NaN.
+    """
+    vals = np.asarray(values, dtype=np.float64)
+    low, high = vals.min(), vals.max()
+    return np.clip((np.asarray(score, dtype=np.float64) - low) / (high - low), 0.0, 1.0)

@@ -81,7 +81,6 @@ def test_card_formula_option(hf_engine, rr):
 
 
 @pytest.mark.parametrize("pairs, message", [
-    ([], "pairs is empty"),
     ([("q", 5)], r"pairs\[0\] document must be a string, got int 5"),
     ([("q", "d"), (None, "d")], r"pairs\[1\] query must be a string, got NoneType"),
     ([("  ", "d")], r"pairs\[0\] query is empty"),
@@ -100,8 +99,8 @@ def test_bad_rank_arguments(rr):
         rr.rank("q", "one string")
     with pytest.raises(ValueError, match="top_k must be a positive integer"):
         rr.rank("q", ["d"], top_k=0)
-    with pytest.raises(ValueError, match="documents is empty"):
-        rr.rank("q", [])
+    with pytest.raises(ValueError, match=r"documents\[1\] must be a string, got NoneType"):
+        rr.rank("q", ["d", None])
     with pytest.raises(ValueError, match=r"pairs\[0\] document is not valid Unicode: lone surrogate '\\ud83d' at character 1"):
         rr.score([("q", "x\ud83d")])
 
@@ -132,10 +131,27 @@ def test_unknown_engine_and_missing_extra():
             Reranker("m", engine="lmdeploy")
 
 
-def test_auto_engine_class_is_the_auto_engine():
-    from genrank.engines import auto_engine_name, engine_class
+def test_empty_candidate_lists_give_empty_results(rr):
+    # RAG pipelines pass empty candidate lists: an empty answer, not an error
+    assert rr.rank("q", []) == [] and rr.rank("q", [], top_k=3, return_documents=True) == []
+    assert rr.rerank("q", []).shape == (0,) and rr.score([]).shape == (0,)
+    d = rr.score_details([])
+    assert len(d) == 0 and d.errors == {} and d.relevance.shape == (0,)
 
-    assert engine_class("auto") is engine_class(auto_engine_name())
+
+def test_auto_engine_says_what_it_chose_and_why(monkeypatch, caplog):
+    import importlib.util
+
+    from genrank.engines import auto_engine, engine_class
+    from genrank.engines.hf import TransformersEngine
+
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    with caplog.at_level("INFO", logger="genrank.engines"):
+        assert engine_class("auto") is TransformersEngine  # no GPU here
+    why = "no CUDA GPU is visible to torch" if has_vllm else "vLLM is not installed"
+    assert f"engine='auto' chose 'hf': {why}" in caplog.text
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert auto_engine()[0] == ("vllm" if has_vllm else "hf")
 
 
 @pytest.mark.parametrize("kind, option", [("gemma2", {"final_logit_softcapping": 2.0}),

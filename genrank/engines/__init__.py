@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 from typing import Any
 
 from .base import Engine, LabelLogprobs
@@ -17,10 +18,15 @@ ENGINES: dict[str, tuple[str, str, str]] = {
 }
 ALIASES = {"transformers": "hf"}
 
+log = logging.getLogger(__name__)
+
 
 def engine_class(name: str) -> type:
     """The driver class for an engine name ("auto" included), with a clear error when its extra is missing."""
-    name = auto_engine_name() if name == "auto" else ALIASES.get(name, name)
+    if name == "auto":
+        name, why = auto_engine()
+        log.info("engine='auto' chose %r: %s", name, why)
+    name = ALIASES.get(name, name)
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; choose one of: auto, {', '.join(ENGINES)}, transformers "
                          "(or pass an Engine instance)")
@@ -32,14 +38,17 @@ def engine_class(name: str) -> type:
                           f"install them with: pip install 'genrank[{extra}]'") from e
 
 
-def auto_engine_name() -> str:
-    """vLLM when it is installed and a CUDA GPU is present, else the transformers driver."""
-    if importlib.util.find_spec("vllm") is not None and importlib.util.find_spec("torch") is not None:
-        import torch
+def auto_engine() -> tuple[str, str]:
+    """The engine "auto" stands for, and why: vLLM when it is installed and a CUDA GPU is present, else hf."""
+    if importlib.util.find_spec("vllm") is None:
+        return "hf", "vLLM is not installed"
+    if importlib.util.find_spec("torch") is None:
+        return "hf", "torch is not installed"
+    import torch
 
-        if torch.cuda.is_available():
-            return "vllm"
-    return "hf"
+    if not torch.cuda.is_available():
+        return "hf", "no CUDA GPU is visible to torch"
+    return "vllm", "vLLM is installed and a CUDA GPU is present"
 
 
 def make_engine(engine: str | Engine, model: str | None, **kwargs: Any) -> Engine:
@@ -57,4 +66,4 @@ def make_engine(engine: str | Engine, model: str | None, **kwargs: Any) -> Engin
     return cls(model, **kwargs)
 
 
-__all__ = ["ENGINES", "Engine", "LabelLogprobs", "engine_class", "make_engine"]
+__all__ = ["ENGINES", "Engine", "LabelLogprobs", "auto_engine", "engine_class", "make_engine"]

@@ -16,6 +16,25 @@ class LabelLogprobs:
 
     values: np.ndarray  # (N, K) float64 log-probabilities; -inf where a label was not seen
     errors: dict[int, str] = field(default_factory=dict)  # prompt index -> why it has no result
+    altered: set[int] = field(default_factory=set)  # prompt indices whose content was sent changed
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    @classmethod
+    def concat(cls, parts: list[LabelLogprobs]) -> LabelLogprobs:
+        """One result for the prompts of ``parts``, in order."""
+        errors, altered, offset = {}, set(), 0
+        for p in parts:
+            errors.update({offset + i: why for i, why in p.errors.items()})
+            altered.update(offset + i for i in p.altered)
+            offset += len(p)
+        return cls(np.concatenate([p.values for p in parts]), errors, altered)
+
+    def slice(self, start: int, stop: int) -> LabelLogprobs:
+        """The results of prompts ``start:stop``, renumbered from 0."""
+        return LabelLogprobs(self.values[start:stop], {i - start: why for i, why in self.errors.items() if start <= i < stop},
+                             {i - start for i in self.altered if start <= i < stop})
 
 
 @runtime_checkable
@@ -26,6 +45,11 @@ class Engine(Protocol):
     and truncated by genrank; needs ``tokenizer``) or ``"chat"`` (``Prompts.chats()``, for servers
     that apply their own chat template; ``tokenizer`` may be None). Engines neither build prompts
     nor compute scores.
+
+    Optional members: ``async alabel_logprobs(prompts, labels)`` runs on the caller's event loop
+    (remote engines; the async API awaits it instead of using a thread), and
+    ``max_calls_in_flight``, how many ``label_logprobs`` calls may run at once from different
+    threads (1 when absent: the Reranker then runs one call at a time).
     """
 
     prompt_format: Literal["tokens", "chat"]

@@ -1,0 +1,79 @@
+"""What the subcommands share: the user-error type, help formatting, model and engine options."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from typing import Any
+
+from ..reranker import Reranker
+from ..templates import DEFAULT_TEMPLATE
+
+
+class CliError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default once: appended, unless the help text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        return text if "(default:" in text else super()._get_help_string(action)
+
+
+def require(extra: str, *modules: str) -> None:
+    """A CliError naming ``pip install 'genrank[extra]'`` if any of ``modules`` is not installed."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise CliError(f"this command needs {', '.join(missing)}, which is not installed; "
+                       f"install it with: pip install 'genrank[{extra}]'")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """Options every scoring command shares: model, engine, template and engine settings."""
+    g = p.add_argument_group("model and engine")
+    g.add_argument("--model", "-m", default=None, help="model id or path (default: the template's default model)")
+    g.add_argument("--engine", "-e", default="auto", help="auto (vLLM when it is installed and a CUDA GPU is present, else hf), hf, vllm, lmdeploy or openai")
+    g.add_argument("--template", "-t", default=DEFAULT_TEMPLATE, help="template name or path of a .toml file")
+    g.add_argument("--max-length", type=int, default=1024, help="max prompt tokens; documents are cut to fit")
+    g.add_argument("--instruction", default=None, help="task instruction, for instruction-aware templates")
+    g.add_argument("--card-formula", action="store_true",
+                   help="do not renormalise label probabilities (the lb-reranker card's formula)")
+    g.add_argument("--base-url", default=None, help="server URL for --engine openai")
+    g.add_argument("--engine-arg", "-E", action="append", default=None, metavar="KEY=VALUE",
+                   help="extra engine option, VALUE parsed as JSON when it can be (repeatable), e.g. -E dtype=float32")
+
+
+# Reranker arguments that have their own flag (or none): --engine-arg must not set them.
+_NOT_ENGINE_OPTIONS = {"model": "--model", "engine": "--engine", "template": "--template",
+                       "max_length": "--max-length", "instruction": "--instruction", "normalize": "--card-formula",
+                       "base_url": "--base-url", "chunk_size": None, "show_progress": None}
+
+
+def engine_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts: dict[str, Any] = {}
+    for item in args.engine_arg or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise CliError(f"--engine-arg must be KEY=VALUE, got {item!r}")
+        if key in _NOT_ENGINE_OPTIONS:
+            flag = _NOT_ENGINE_OPTIONS[key]
+            raise CliError(f"--engine-arg {item!r}: use {flag} instead" if flag
+                           else f"--engine-arg {item!r}: {key} is not an engine option")
+        try:
+            opts[key] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key] = value
+    if args.base_url is not None:
+        opts["base_url"] = args.base_url
+    return opts
+
+
+def reranker_from_args(args: argparse.Namespace, **overrides: Any) -> Reranker:
+    return Reranker(args.model, engine=args.engine, template=args.template, max_length=args.max_length,
+                    instruction=args.instruction, normalize=False if args.card_formula else None,
+                    **engine_options(args), **overrides)
+
+

@@ -1,0 +1,71 @@
+"""``genrank rank``: rank a file of documents for one query."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .common import CliError, HelpFormatter, add_model_options, reranker_from_args
+
+
+def read_documents(path: str) -> list[str]:
+    """Documents from a file: JSON list, JSONL (strings or objects with "text"), else one per line."""
+    try:
+        raw = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise CliError(f"--docs: cannot read {path!r}: {e.strerror}") from None
+    suffix = Path(path).suffix.lower()
+    lines = [line.removesuffix("\r") for line in raw.split("\n")]  # not splitlines: form feeds are text
+    if suffix == ".json":
+        try:
+            docs = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise CliError(f"--docs: {path!r} is not JSON: {e}") from None
+        if not isinstance(docs, list):
+            raise CliError(f"--docs: {path!r} must hold a JSON list of strings")
+    elif suffix == ".jsonl":
+        docs = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CliError(f"--docs: {path!r} line {n} is not JSON: {e.msg}") from None
+            docs.append(item.get("text", item.get("document")) if isinstance(item, dict) else item)
+    else:
+        docs = [line for line in lines if line.strip()]
+    for n, d in enumerate(docs, 1):
+        if not isinstance(d, str):
+            raise CliError(f"--docs: document {n} in {path!r} is not a string: {d!r:.80}")
+    if not docs:
+        raise CliError(f"--docs: no documents in {path!r}")
+    return docs
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    docs = read_documents(args.docs)
+    ranking = reranker_from_args(args).rank(args.query, docs, top_k=args.top_k, return_documents=True)
+    if args.json:
+        for row in ranking:
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    print(f"{'rank':>4}  {'score':>7}  {'id':>4}  document")
+    for n, row in enumerate(ranking, 1):
+        text = " ".join(row["text"].split())
+        print(f"{n:>4}  {row['score']:>7.4f}  {row['corpus_id']:>4}  {text[:100] + ('…' if len(text) > 100 else '')}")
+    return 0
+
+
+def add_command(sub: Any) -> None:
+    p = sub.add_parser("rank", help="rank documents for one query", formatter_class=HelpFormatter)
+    p.add_argument("query", help="the query")
+    p.add_argument("--docs", "-d", required=True,
+                   help="documents: .txt (one per line), .jsonl or .json; - for standard input")
+    p.add_argument("--top-k", "-k", type=int, default=None, help="show only the best K (default: all)")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    add_model_options(p)
+    p.set_defaults(func=cmd_rank)
