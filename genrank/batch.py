@@ -92,13 +92,13 @@ def score_file(input_path: str | os.PathLike, output_path: str | os.PathLike, re
     def prepare(work: tuple[list[InputRow], list[InputRow]]):
         chunk, todo = work
         pairs = _pairs(todo)
-        return chunk, todo, reranker.prepare(pairs) if pairs else None
+        return (chunk, todo), reranker.prepare(pairs) if pairs else None
 
     try:
-        # The next chunk is read and its prompts built while the engine scores this one.
-        for chunk, todo, prompts in prefetch(prepare, pending()):
+        # The next chunk is read and its prompts built while the engine scores this one; a remote
+        # engine gets several chunks at once, so a slow pair does not stall the chunks after it.
+        for (chunk, todo), result in reranker.score_stream(prefetch(prepare, pending())):
             if todo:
-                result = reranker.score_prompts(prompts) if prompts is not None else None
                 records, pairs, failed = _records(todo, result, documents_field is not None)
                 writer.write(records)
                 summary.pairs += pairs
