@@ -1,20 +1,12 @@
 """The OpenAI-compatible driver against a real ``vllm serve`` (CPU, the tiny test model), end to end.
 
-One server for the module (startup takes about a minute on 2 CPU cores); its scores must equal
-the in-process transformers driver's within 1e-3.
+One server for the test run (``vllm_url`` in conftest.py; startup takes about a minute on 2 CPU
+cores); its scores must equal the in-process transformers driver's within 1e-3.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,47 +19,6 @@ pytestmark = pytest.mark.skipif(any(importlib.util.find_spec(m) is None for m in
 
 QUERIES = [SEED_QUERY, "Which novel is about a white whale?", "apple pie recipe"]
 PAIRS = [(q, d) for q in QUERIES for d in SEED_DOCUMENTS]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def vllm_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    port = _free_port()
-    logfile = tmp_path_factory.mktemp("vllm") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
-    with open(logfile, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir),
-             "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024"],
-            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm serve exited with {proc.returncode}:\n{logfile.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{url}/models", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm serve did not start in 600 s:\n{logfile.read_text()[-3000:]}")
-            time.sleep(1)
-        yield url
-    finally:  # the server and its engine-core/worker children share the session we started
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
 
 
 @pytest.fixture(scope="module")

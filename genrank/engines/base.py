@@ -49,7 +49,8 @@ class Engine(Protocol):
     Optional members: ``async alabel_logprobs(prompts, labels)`` runs on the caller's event loop
     (remote engines; the async API awaits it instead of using a thread), and
     ``max_calls_in_flight``, how many ``label_logprobs`` calls may run at once from different
-    threads (1 when absent: the Reranker then runs one call at a time).
+    threads (1 when absent: the Reranker then runs one call at a time), and ``model_name``, the
+    model's name or path (what a resumed batch run checks it still scores with).
     """
 
     prompt_format: Literal["tokens", "chat"]

@@ -72,6 +72,11 @@ class TransformersEngine:
     def tokenizer(self) -> Any:
         return self._tokenizer
 
+    @property
+    def model_name(self) -> str:
+        """The model's name or path, as loaded."""
+        return self.model.name_or_path
+
     def __repr__(self) -> str:
         return f"TransformersEngine(model={self.model.name_or_path!r}, device={str(self.device)!r}, dtype={self.model.dtype})"
 

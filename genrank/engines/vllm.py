@@ -94,13 +94,17 @@ class VLLMEngine:
         return self._tokenizer
 
     @property
+    def model_name(self) -> str:
+        """The model's name or path, as loaded."""
+        return self._llm.llm_engine.model_config.model if self._llm is not None else self._model
+
+    @property
     def llm(self) -> vllm.LLM | None:
         """The underlying ``vllm.LLM`` (None for method="pooling" before the first call)."""
         return self._llm
 
     def __repr__(self) -> str:
-        name = self._llm.llm_engine.model_config.model if self._llm is not None else self._model
-        return f"VLLMEngine(model={name!r}, method={self.method!r})"
+        return f"VLLMEngine(model={self.model_name!r}, method={self.method!r})"
 
     @staticmethod
     def pooling_overrides(tokenizer: Any, labels: Labels) -> dict[str, Any]:
