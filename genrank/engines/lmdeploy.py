@@ -19,13 +19,20 @@ Labels outside the returned top tokens get -inf (their mass, below that of the 1
 missing from ``label_mass``). ``include_stop_str_in_output=True`` keeps the log-probabilities when
 the first token is a stop token, which LMDeploy otherwise drops.
 
-The public pipeline API takes text, so prompts go in as genrank's rendered, truncated text with
-``do_preprocess=False`` (no second chat template); LMDeploy tokenizes it with the same tokenizer.
+Prompts go in as genrank's token ids, rendered and truncated by genrank with content encoded as
+data: ``AsyncEngine.preprocess`` takes ``input_ids`` instead of messages (lmdeploy 0.16), and the
+pipeline's own request loop (``Pipeline._infer``, what ``Pipeline.infer`` runs, with its limiter and
+error responses) takes such requests. A pipeline without that path (an older LMDeploy) takes text
+only: genrank's rendered text with ``do_preprocess=False``, which LMDeploy's tokenizer would read
+special-token text in a document as control tokens from, so such prompts get an error entry
+instead of being sent.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import logging
 from typing import Any
 
 import lmdeploy
@@ -37,6 +44,8 @@ from .base import LabelLogprobs, grouped_by_query
 
 MAX_TOP_LOGPROBS = 1024  # TurboMind's kMaxLogProb
 
+log = logging.getLogger(__name__)
+
 
 class LMDeployEngine:
     """Score prompts with an LMDeploy pipeline, either created here or the caller's own.
@@ -45,8 +54,9 @@ class LMDeployEngine:
     backend_config=...)`` with TurboMind (or the given ``backend_config``; a PyTorch one gets
     ``logprobs_mode="raw_logprobs"``) and prefix caching on. ``LMDeployEngine(pipeline=pipe)``
     reuses an existing pipeline and its tokenizer; a PyTorch-engine pipeline must have been built
-    with ``logprobs_mode="raw_logprobs"``. Prompts run grouped by query; results come back in
-    input order; a prompt LMDeploy rejects (e.g. longer than ``session_len``) gets an error entry.
+    with ``logprobs_mode="raw_logprobs"``. Prompts go in as token ids (see the module docstring),
+    grouped by query; results come back in input order; a prompt LMDeploy rejects (e.g. longer
+    than ``session_len``) gets an error entry.
     """
 
     prompt_format = "tokens"
@@ -70,12 +80,21 @@ class LMDeployEngine:
         self.backend = "pytorch" if isinstance(config, PytorchEngineConfig) else "turbomind"
         self.top_logprobs = top_logprobs
         self._tokenizer = pipeline.async_engine.tokenizer.model.model  # lmdeploy Tokenizer -> HF tokenizer
-        bos = self._tokenizer.bos_token
-        self._bos = bos if bos and self._tokenizer.bos_token_id in self._tokenizer.encode("") else ""
+        self.takes_token_ids = _takes_token_ids(pipeline)
+        if not self.takes_token_ids:
+            log.warning("this LMDeploy pipeline takes text only (no AsyncEngine.preprocess(input_ids=...)); prompts "
+                        "whose content holds special-token text get an error entry instead of being sent")
+            bos = self._tokenizer.bos_token
+            self._bos = bos if bos and self._tokenizer.bos_token_id in self._tokenizer.encode("") else ""
 
     @property
     def tokenizer(self) -> Any:
         return self._tokenizer
+
+    @property
+    def model_name(self) -> str:
+        """The model's name or path, as the pipeline loaded it."""
+        return str(getattr(self.pipeline.async_engine, "model_name", None) or self._tokenizer.name_or_path)
 
     def __repr__(self) -> str:
         return f"LMDeployEngine(backend={self.backend!r}, top_logprobs={self.top_logprobs})"
@@ -89,13 +108,19 @@ class LMDeployEngine:
                                 repetition_penalty=1.0, random_seed=0, **common)
 
     def label_logprobs(self, prompts: Prompts, labels: Labels) -> LabelLogprobs:
-        if prompts.texts is None or labels.token_ids is None:
-            raise ValueError("LMDeployEngine needs rendered prompts and label token ids")
-        order = grouped_by_query(prompts)
-        texts = [self._without_bos(prompts.texts[i]) for i in order]
-        responses = self.pipeline(texts, gen_config=self.generation_config(), do_preprocess=False)
+        if prompts.token_ids is None or labels.token_ids is None:
+            raise ValueError("LMDeployEngine needs tokenized prompts and label token ids")
         values = np.full((len(prompts), len(labels.token_ids)), -np.inf)
         errors: dict[int, str] = {}
+        if self.takes_token_ids:
+            order = grouped_by_query(prompts)
+            responses = self._infer_token_ids([prompts.token_ids[i] for i in order])
+        else:
+            errors = {i: "this LMDeploy takes prompts as text, and the content holds special-token text it would "
+                         "read as control tokens; upgrade to lmdeploy >= 0.16" for i in prompts.holding_special_tokens()}
+            order = [i for i in grouped_by_query(prompts) if i not in errors]
+            texts = [self._without_bos(prompts.texts[i]) for i in order]
+            responses = self.pipeline(texts, gen_config=self.generation_config(), do_preprocess=False) if texts else []
         for i, response in zip(order, responses):
             if response.finish_reason == "error" or not response.logprobs:
                 errors[i] = f"LMDeploy returned no log-probabilities ({_error_text(response)})"
@@ -104,9 +129,29 @@ class LMDeployEngine:
             values[i] = [first.get(t, -np.inf) for t in labels.token_ids]
         return LabelLogprobs(values, errors)
 
+    def _infer_token_ids(self, rows: list[list[int]]) -> list[Any]:
+        """One ``Response`` per row of token ids, through the pipeline's request loop (as ``Pipeline.infer``)."""
+        config = self.generation_config()
+        requests = (dict(session_id=self.pipeline.session_mgr.get(), messages=None, input_ids=list(ids),
+                         gen_config=config, stream_response=False) for ids in rows)
+        responses = []
+        for parts in self.pipeline._infer(requests, multiplex=False):
+            response = None
+            for part in parts:
+                response = response.extend(part) if response else part
+            responses.append(response)
+        return responses
+
     def _without_bos(self, text: str) -> str:
         """``text`` without a leading BOS that LMDeploy's tokenizer adds again (``encode(add_bos=True)``)."""
         return text[len(self._bos):] if self._bos and text.startswith(self._bos) else text
+
+
+def _takes_token_ids(pipeline: Any) -> bool:
+    """Whether the pipeline's engine takes token ids (``AsyncEngine.preprocess(input_ids=...)``, lmdeploy 0.16)."""
+    preprocess = getattr(pipeline.async_engine, "preprocess", None)
+    return (callable(getattr(pipeline, "_infer", None)) and hasattr(pipeline, "session_mgr") and callable(preprocess)
+            and "input_ids" in inspect.signature(preprocess).parameters)
 
 
 def _exact_backend_config(config: TurbomindEngineConfig | PytorchEngineConfig | None):
