@@ -158,7 +158,8 @@ def test_auto_engine_says_what_it_chose_and_why(monkeypatch, caplog):
                                           ("cohere", {"logit_scale": 0.25}),
                                           ("granite", {"logits_scaling": 4.0})])
 def test_logit_scaling_and_softcapping_as_in_the_models_forward(tiny_tokenizer, kind, option):
-    """Gemma 2 caps the LM head's logits, Cohere and Granite scale them: the driver must too."""
+    """Gemma 2 caps the LM head's logits, Cohere and Granite scale them: the driver finds out on a probe
+    (no list of architectures) and scores through the model's whole forward."""
     from transformers import AutoConfig
 
     from genrank.engines.hf import TransformersEngine
@@ -169,6 +170,7 @@ def test_logit_scaling_and_softcapping_as_in_the_models_forward(tiny_tokenizer, 
                                   initializer_range=0.3, **option)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     engine = TransformersEngine(model, tokenizer=tiny_tokenizer, device="cpu")
+    assert engine.whole_forward
     rr = Reranker(engine=engine)
     prompts = rr.prepare([(SEED_QUERY, d) for d in SEED_DOCUMENTS])  # different lengths: padded batch
     label_ids = list(rr.builder.labels.token_ids)
@@ -181,6 +183,35 @@ def test_logit_scaling_and_softcapping_as_in_the_models_forward(tiny_tokenizer, 
     got = engine.label_logprobs(prompts, rr.builder.labels).values
     assert np.abs(got - np.array(expected)).max() < 1e-5
     assert np.abs(np.array(head_only) - np.array(expected)).max() > 0.1  # the transform matters here
+
+
+def test_models_whose_head_gives_their_logits_take_the_fast_path(hf_engine):
+    assert not hf_engine.whole_forward
+
+
+def test_a_forward_that_changes_the_logits_is_found_without_a_list_of_architectures(tiny_model_dir, rr):
+    """Remote code may do anything after the head; a scaled Qwen2 is in no list of known transforms."""
+    from transformers import Qwen2ForCausalLM
+
+    from genrank.engines.hf import TransformersEngine
+
+    class ScaledQwen2(Qwen2ForCausalLM):
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 0.5
+            return out
+
+    model = ScaledQwen2.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    engine = TransformersEngine(model, tokenizer=rr.engine.tokenizer, device="cpu")
+    assert engine.whole_forward
+    prompts = rr.prepare([(SEED_QUERY, d) for d in SEED_DOCUMENTS])
+    got = engine.label_logprobs(prompts, rr.builder.labels).values
+    label_ids = list(rr.builder.labels.token_ids)
+    with torch.no_grad():
+        want = [torch.log_softmax(model(torch.tensor([ids])).logits[0, -1], -1)[label_ids].numpy()
+                for ids in prompts.token_ids]
+    assert np.abs(got - np.array(want)).max() < 1e-5
+    assert np.abs(got - rr.engine.label_logprobs(prompts, rr.builder.labels).values).max() > 0.1
 
 
 def test_dtype_names_and_loaded_model_options(tiny_model_dir, hf_engine):

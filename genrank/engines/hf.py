@@ -22,8 +22,11 @@ class TransformersEngine:
     Prompts are sorted by length and cut into batches whose padded size stays under
     ``max_batch_tokens``; rows are right-padded and run without an attention mask (causal
     attention already hides trailing pads from the real tokens). Only the hidden state at each
-    row's last real token goes through the LM head and the model's own logit scaling or
-    soft-capping, in float32, for an exact log-softmax over the vocabulary. Batches are queued
+    row's last real token goes through the LM head, in float32, for an exact log-softmax over the
+    vocabulary. At load a probe prompt checks that the LM head alone gives the model's own logits;
+    a model whose forward transforms them after the head (Gemma's soft-capping, Cohere's and
+    Granite's scaling, remote code) is run through its whole forward instead, left-padded with
+    an attention mask, keeping only the last position's logits. Batches are queued
     without waiting for the device, and the results come back in one copy per call. A batch that
     runs out of GPU memory is halved and retried. ``compile=True`` runs the decoder through
     ``torch.compile(dynamic=True)``. ``dtype`` (a torch dtype or its name) and ``from_pretrained``
@@ -64,9 +67,11 @@ class TransformersEngine:
         # The head runs on one position per row, so keep a float32 copy for an exact log-softmax.
         self._head_weight = head.weight.detach().float()
         self._head_bias = None if getattr(head, "bias", None) is None else head.bias.detach().float()
-        self._logit_scale, self._softcap = _logit_transform(self.model.config)
         pad = self._tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else (self._tokenizer.eos_token_id or 0)
+        self.whole_forward = not self._head_gives_the_models_logits()
+        if self.whole_forward:
+            log.info("%s: the model's forward changes the LM head's logits; scoring through its whole forward", name)
 
     @property
     def tokenizer(self) -> Any:
@@ -116,6 +121,8 @@ class TransformersEngine:
     @torch.inference_mode()
     def _forward(self, rows: list[list[int]], lengths: np.ndarray, label_ids: torch.Tensor) -> torch.Tensor:
         """The (rows, labels) log-probabilities of one batch, left on the device."""
+        if self.whole_forward:
+            return self._forward_whole(rows, lengths, label_ids)
         batch = np.full((len(rows), int(lengths.max())), self._pad_id, dtype=np.int64)
         batch[np.arange(batch.shape[1]) < lengths[:, None]] = np.fromiter(
             itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
@@ -126,27 +133,32 @@ class TransformersEngine:
         batch, last = inputs[: batch.size].view(batch.shape), inputs[batch.size:]
         hidden = self._decoder(input_ids=batch, use_cache=False).last_hidden_state
         last = hidden[torch.arange(len(rows), device=self.device), last]
-        logits = torch.nn.functional.linear(last.float(), self._head_weight, self._head_bias) * self._logit_scale
-        if self._softcap is not None:
-            logits = torch.tanh(logits / self._softcap) * self._softcap
+        logits = torch.nn.functional.linear(last.float(), self._head_weight, self._head_bias)
         return torch.log_softmax(logits, dim=-1)[:, label_ids]
 
+    def _forward_whole(self, rows: list[list[int]], lengths: np.ndarray, label_ids: torch.Tensor) -> torch.Tensor:
+        """The model's own forward: left-padded rows, an attention mask, the last position's logits."""
+        width = int(lengths.max())
+        mask = np.arange(width) >= (width - lengths)[:, None]
+        batch = np.full((len(rows), width), self._pad_id, dtype=np.int64)
+        batch[mask] = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+        mask = torch.from_numpy(mask).to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(input_ids=torch.from_numpy(batch).to(self.device), attention_mask=mask.long(),
+                            position_ids=positions, use_cache=False, logits_to_keep=1).logits[:, -1]
+        return torch.log_softmax(logits.float(), dim=-1)[:, label_ids]
 
-def _logit_transform(config: Any) -> tuple[float, float | None]:
-    """(scale, cap): the model's forward turns head logits x into ``cap * tanh(scale * x / cap)`` or ``scale * x``.
-
-    As the CausalLM forwards of transformers 5.19 do: Cohere multiplies by ``logit_scale``, Granite
-    and MiniCPM3 divide by ``logits_scaling`` (HyperCLOVA X multiplies by it), Falcon-H1 multiplies
-    by ``lm_head_multiplier``; Gemma 2-4 cap with ``final_logit_softcapping``.
-    """
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    kind = getattr(text, "model_type", "")
-    scale = float(getattr(text, "lm_head_multiplier", None) or 1.0)
-    if kind.startswith("cohere") and getattr(text, "logit_scale", None) is not None:
-        scale *= text.logit_scale
-    if getattr(text, "logits_scaling", None):
-        scale = scale * text.logits_scaling if kind.startswith("hyperclovax") else scale / text.logits_scaling
-    return scale, getattr(text, "final_logit_softcapping", None)
+    @torch.inference_mode()
+    def _head_gives_the_models_logits(self) -> bool:
+        """Whether the LM head on the last hidden state gives the logits of the model's forward, on a probe."""
+        ids = self._tokenizer.encode("Is this passage relevant to the query? Answer with a digit: 7",
+                                     add_special_tokens=False)
+        batch = torch.tensor([ids], device=self.device)
+        forward = self.model(input_ids=batch, use_cache=False, logits_to_keep=1).logits[0, -1]
+        hidden = self.model.get_decoder()(input_ids=batch, use_cache=False).last_hidden_state[0, -1]
+        head = self.model.get_output_embeddings()(hidden)
+        tolerance = 1e-5 if self.model.dtype in (torch.float32, torch.float64) else 2e-2
+        return torch.allclose(head.float(), forward.float(), rtol=tolerance, atol=tolerance)
 
 
 def _default_device() -> torch.device:
