@@ -57,7 +57,30 @@ def test_errors_are_one_line(tmp_path, capsys):
     bad.write_text('"ok"\n{"text": 3}\n')
     assert main(["rank", "q", "--docs", str(bad), "-e", "hf"]) == 2
     assert "document 2" in capsys.readouterr().err
-    assert main(["rank", "q", "--docs", str(bad), "-e", "nope"]) == 2
+
+
+def test_unknown_engine_is_a_one_line_error(docs_file, capsys):
+    assert main(["rank", "q", "--docs", str(docs_file), "-e", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("genrank: error: unknown engine 'nope'; choose one of: auto, hf,")
+
+
+def test_each_option_shows_one_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["rank", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "show only the best K (default: all)" in out and "(default: all) (default: None)" not in out
+    assert out.count("(default:") == out.count("(default: ") and "(default: None) (default:" not in out
+
+
+def test_a_missing_extra_names_its_install_line(tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytrec_eval" else find_spec(name, *a))
+    assert main(["eval", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err == ("genrank: error: this command needs pytrec_eval, which is not installed; "
+                   "install it with: pip install 'genrank[eval]'\n")
 
 
 def test_docs_files_split_on_newlines_only(tmp_path, tiny_model_dir, capsys):

@@ -315,3 +315,45 @@ def test_prefetch_keeps_order_and_raises_errors():
         for x in prefetch(fail_on_3, range(5)):
             got.append(x)
     assert got == [0, 1, 2]
+
+
+def test_long_documents_in_chunks_find_a_relevant_passage_at_the_end(hf_engine):
+    rr = Reranker(engine=hf_engine, max_length=128)
+    words = "apple novel court river Harper Lee Alabama justice movie whale ocean book prize mockingbird".split()
+    alone = rr.rerank(SEED_QUERY, [f"{w} " * 30 for w in words])
+    low, high = words[int(np.argmin(alone))], words[int(np.argmax(alone))]
+    doc = f"{low} " * 400 + f"{high} " * 60  # the passage that scores well comes last, far past max_length
+    cut = rr.score_details([(SEED_QUERY, doc)])
+    chunks = rr.score_details([(SEED_QUERY, doc)], long_documents="chunks")
+    assert cut.truncated[0] and chunks.windows[0] >= 4 and not chunks.truncated[0]
+    assert chunks.score[0] - cut.score[0] > 0.5 * (alone.max() - alone.min())
+    prompts = rr.prepare([(SEED_QUERY, doc)], long_documents="chunks")
+    assert "".join(prompts.documents) == doc and all(len(ids) <= 128 for ids in prompts.token_ids)
+    windows = rr.score_prompts(prompts)
+    best = Reranker(engine=hf_engine, max_length=128).score([(SEED_QUERY, d) for d in prompts.documents]).max()
+    assert windows.score[0] == pytest.approx(best, abs=1e-5) and len(windows) == 1  # batches differ: float noise
+    # the option on the Reranker, mixed with short documents, in input order
+    rr_chunks = Reranker(engine=hf_engine, max_length=128, long_documents="chunks")
+    mixed = rr_chunks.score_details([(SEED_QUERY, "short"), (SEED_QUERY, doc), (SEED_QUERY, SEED_DOCUMENTS[0])])
+    assert mixed.windows.tolist()[::2] == [1, 1] and mixed.score[1] == pytest.approx(chunks.score[0], abs=1e-5)
+    assert mixed.score[0] == pytest.approx(rr.score([(SEED_QUERY, "short")])[0], abs=1e-5)
+    with pytest.raises(ValueError, match="long_documents must be one of"):
+        Reranker(engine=hf_engine, long_documents="split")
+
+
+def test_max_document_tokens_cuts_each_document_first(rr, tiny_tokenizer):
+    doc = "Harper Lee wrote it. " * 50
+    d = rr.score_details([(SEED_QUERY, doc), (SEED_QUERY, "short")], max_document_tokens=20)
+    assert d.truncated.tolist() == [True, False]
+    prompts = rr.prepare([(SEED_QUERY, doc)], max_document_tokens=20)
+    assert len(tiny_tokenizer(prompts.documents[0], add_special_tokens=False)["input_ids"]) == 20
+    assert doc.startswith(prompts.documents[0])
+    with pytest.raises(ValueError, match="max_document_tokens must be a positive integer, got 0"):
+        rr.score_details([(SEED_QUERY, doc)], max_document_tokens=0)
+
+
+def test_relevance_is_the_score_on_zero_to_one(rr, hf_engine):
+    d = rr.score_details([(SEED_QUERY, x) for x in SEED_DOCUMENTS])
+    np.testing.assert_allclose(d.relevance, (d.score - 1) / 6, atol=1e-12)
+    yes_no = Reranker(engine=hf_engine, template="qwen3-reranker").score_details([(SEED_QUERY, SEED_DOCUMENTS[0])])
+    np.testing.assert_allclose(yes_no.relevance, yes_no.score, atol=1e-12)  # labels 0 and 1 already span [0, 1]
