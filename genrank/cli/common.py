@@ -7,6 +7,7 @@ import importlib.util
 import json
 from typing import Any
 
+from ..prompts import LONG_DOCUMENTS
 from ..reranker import Reranker
 from ..templates import DEFAULT_TEMPLATE
 
@@ -38,17 +39,24 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine", "-e", default="auto", help="auto (vLLM when it is installed and a CUDA GPU is present, else hf), hf, vllm, lmdeploy or openai")
     g.add_argument("--template", "-t", default=DEFAULT_TEMPLATE, help="template name or path of a .toml file")
     g.add_argument("--max-length", type=int, default=1024, help="max prompt tokens; documents are cut to fit")
-    g.add_argument("--instruction", default=None, help="task instruction, for instruction-aware templates")
+    g.add_argument("--long-documents", choices=LONG_DOCUMENTS, default="truncate",
+                   help="a document too long for --max-length: truncate it, or score each window of it "
+                        "(chunks) and keep the best window's score")
+    g.add_argument("--instruction", default=None,
+                   help="task instruction, for instruction-aware templates (default: the template's own)")
     g.add_argument("--card-formula", action="store_true",
                    help="do not renormalise label probabilities (the lb-reranker card's formula)")
-    g.add_argument("--base-url", default=None, help="server URL for --engine openai")
+    g.add_argument("--base-url", default=None,
+                   help="server URL for --engine openai (default: OPENAI_BASE_URL, else the OpenAI API)")
     g.add_argument("--engine-arg", "-E", action="append", default=None, metavar="KEY=VALUE",
-                   help="extra engine option, VALUE parsed as JSON when it can be (repeatable), e.g. -E dtype=float32")
+                   help="extra engine option, VALUE parsed as JSON when it can be (repeatable), e.g. -E dtype=float32 "
+                        "(default: none)")
 
 
 # Reranker arguments that have their own flag (or none): --engine-arg must not set them.
 _NOT_ENGINE_OPTIONS = {"model": "--model", "engine": "--engine", "template": "--template",
-                       "max_length": "--max-length", "instruction": "--instruction", "normalize": "--card-formula",
+                       "max_length": "--max-length", "long_documents": "--long-documents",
+                       "instruction": "--instruction", "normalize": "--card-formula",
                        "base_url": "--base-url", "chunk_size": None, "show_progress": None}
 
 
@@ -73,7 +81,7 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def reranker_from_args(args: argparse.Namespace, **overrides: Any) -> Reranker:
     return Reranker(args.model, engine=args.engine, template=args.template, max_length=args.max_length,
-                    instruction=args.instruction, normalize=False if args.card_formula else None,
-                    **engine_options(args), **overrides)
+                    long_documents=args.long_documents, instruction=args.instruction,
+                    normalize=False if args.card_formula else None, **engine_options(args), **overrides)
 
 
