@@ -136,6 +136,10 @@ class Reranker:
         # An engine that cannot take concurrent calls gets one at a time, from any thread.
         self._calls_in_flight = max(1, int(getattr(self.engine, "max_calls_in_flight", 1)))
         self._engine_lock = threading.Lock() if self._calls_in_flight == 1 else nullcontext()
+        # Async callers of such an engine queue here (a cancelled caller's call is dropped), not on
+        # the event loop's default executor, whose threads the application needs for other work.
+        self._engine_thread = (ThreadPoolExecutor(1, thread_name_prefix="genrank-engine")
+                               if self._calls_in_flight == 1 else None)
 
     def __repr__(self) -> str:
         return f"Reranker(engine={self.engine!r}, template={self.template.name!r}, max_length={self.builder.max_length})"
@@ -283,10 +287,12 @@ class Reranker:
     async def alabel_logprobs(self, prompts: Prompts) -> LabelLogprobs:
         """``label_logprobs`` for async code: natively on this event loop when the engine can
         (cancelling the caller drops its pending requests), else on a worker thread."""
+        if not len(prompts):
+            return _no_logprobs(self)
         native = getattr(self.engine, "alabel_logprobs", None)
-        if native is None or not len(prompts):
-            return await asyncio.to_thread(self.label_logprobs, prompts)
-        return await native(prompts, self.builder.labels)
+        if native is not None:
+            return await native(prompts, self.builder.labels)
+        return await asyncio.get_running_loop().run_in_executor(self._engine_thread, self.label_logprobs, prompts)
 
     # -- helpers -----------------------------------------------------------------------------
 

@@ -53,3 +53,41 @@ def test_existing_vllm(tiny_model_dir):
     lines = lines[lines.index("Query: Who wrote 'To Kill a Mockingbird'?") + 1:]  # vLLM logs to stdout too
     results = [line for line in lines if line.startswith("[")]
     assert len(results) == 3 and all(line.split("] ", 1)[1] in documents for line in results)
+
+
+def check_framework_example(lines: list[str], first_stage: str, reranker, top_n: int = 3) -> None:
+    """The reranked section is ``Reranker.rank`` of the first stage's candidates, with relevance scores."""
+    start = lines.index(first_stage) + 1
+    candidates = [line.split(". ", 1)[1] for line in lines[start:lines.index("", start)]]
+    start = lines.index(f"Reranked with genrank (top {top_n}):") + 1
+    reranked = [line.split("] ", 1) for line in lines[start:start + top_n]]
+    query = lines[0].removeprefix("Query: ")
+    details = reranker.score_details([(query, c) for c in candidates])
+    want = reranker.rank(query, candidates, top_k=top_n)
+    assert len(candidates) == 4 and [text for _, text in reranked] == [candidates[w["corpus_id"]] for w in want]
+    assert [float(score.split("[")[1]) for score, _ in reranked] == \
+        pytest.approx([details.relevance[w["corpus_id"]] for w in want], abs=5e-4)
+
+
+def test_langchain_retriever(tiny_model_dir, hf_engine):
+    from genrank import Reranker
+
+    lines = run_example("langchain_retriever.py", "--model", str(tiny_model_dir), "--engine", "hf")
+    check_framework_example(lines, "Dense retrieval (all-MiniLM-L6-v2):", Reranker(engine=hf_engine))
+
+
+def test_llama_index_postprocessor(tiny_model_dir, hf_engine):
+    from genrank import Reranker
+
+    lines = run_example("llama_index_postprocessor.py", "--model", str(tiny_model_dir), "--engine", "hf")
+    check_framework_example(lines, "Dense retrieval (all-MiniLM-L6-v2):", Reranker(engine=hf_engine))
+
+
+def test_haystack_pipeline(tiny_model_dir, hf_engine, tmp_path):
+    from genrank import Reranker
+
+    yaml = tmp_path / "pipeline.yaml"
+    lines = run_example("haystack_pipeline.py", "--model", str(tiny_model_dir), "--engine", "hf", "--yaml", str(yaml))
+    check_framework_example(lines, "BM25 retrieval:", Reranker(engine=hf_engine))
+    assert lines[-1] == f"Saved to {yaml}, loaded and run again: same ranking"
+    assert "genrank.integrations.haystack.GenrankRanker" in yaml.read_text()

@@ -1,0 +1,117 @@
+"""genrank.integrations.langchain.GenrankRerank against the real langchain-core and ContextualCompressionRetriever."""
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+from conftest import SEED_DOCUMENTS, SEED_QUERY
+from langchain_classic.retrievers import ContextualCompressionRetriever
+from langchain_core.documents import Document
+from langchain_core.embeddings import DeterministicFakeEmbedding
+from langchain_core.vectorstores import InMemoryVectorStore
+from pydantic import ValidationError
+
+from genrank import Reranker
+from genrank.integrations.langchain import GenrankRerank
+
+
+@pytest.fixture(scope="module")
+def reranker(hf_engine):
+    return Reranker(engine=hf_engine)
+
+
+def documents() -> list[Document]:
+    return [Document(page_content=text, metadata={"source": f"doc-{n}", "tags": ["a"]}, id=f"id-{n}")
+            for n, text in enumerate(SEED_DOCUMENTS)]
+
+
+def expected(reranker: Reranker, query: str, texts: list[str], top_k=None) -> list[dict]:
+    """``Reranker.rank`` plus each text's relevance and label mass, best first."""
+    details = reranker.score_details([(query, t) for t in texts])
+    return [{**row, "relevance": details.relevance[row["corpus_id"]], "mass": details.label_mass[row["corpus_id"]]}
+            for row in reranker.rank(query, texts, top_k=top_k)]
+
+
+def check(result: list[Document], given: list[Document], want: list[dict]) -> None:
+    assert [d.page_content for d in result] == [given[w["corpus_id"]].page_content for w in want]
+    for doc, w in zip(result, want, strict=True):
+        original = given[w["corpus_id"]]
+        assert doc.id == original.id and doc is not original
+        assert doc.metadata["relevance_score"] == pytest.approx(w["relevance"], abs=1e-9)
+        assert doc.metadata["genrank_score"] == pytest.approx(w["score"], abs=1e-9)
+        assert doc.metadata["genrank_label_mass"] == pytest.approx(w["mass"], abs=1e-9)
+        assert {k: v for k, v in doc.metadata.items() if not k.endswith(("_score", "_mass"))} == original.metadata
+
+
+def test_compress_documents_is_reranker_rank_with_relevance_scores(reranker):
+    given = documents()
+    result = GenrankRerank(reranker=reranker).compress_documents(given, SEED_QUERY)  # top_n=3 by default
+    want = expected(reranker, SEED_QUERY, SEED_DOCUMENTS, top_k=3)
+    assert len(result) == 3
+    check(result, given, want)
+    lo, hi = min(reranker.template.values), max(reranker.template.values)
+    assert [d.metadata["relevance_score"] for d in result] == pytest.approx(
+        [(w["score"] - lo) / (hi - lo) for w in want], abs=1e-9)
+    assert given == documents()  # the caller's documents are unchanged
+
+
+def test_top_n_none_or_past_the_end_returns_all_and_empty_input_returns_nothing(reranker):
+    given = documents()
+    want = expected(reranker, SEED_QUERY, SEED_DOCUMENTS)
+    check(GenrankRerank(reranker=reranker, top_n=None).compress_documents(given, SEED_QUERY), given, want)
+    check(GenrankRerank(reranker=reranker, top_n=50).compress_documents(given, SEED_QUERY), given, want)
+    assert GenrankRerank(reranker=reranker).compress_documents([], SEED_QUERY) == []
+    assert asyncio.run(GenrankRerank(reranker=reranker).acompress_documents([], SEED_QUERY)) == []
+
+
+def test_duplicates_and_empty_texts_are_kept_and_scored(reranker):
+    given = [Document(page_content=SEED_DOCUMENTS[1], metadata={"n": 0}), Document(page_content=""),
+             Document(page_content=SEED_DOCUMENTS[1], metadata={"n": 2})]
+    result = GenrankRerank(reranker=reranker, top_n=None).compress_documents(given, SEED_QUERY)
+    check(result, given, expected(reranker, SEED_QUERY, [d.page_content for d in given]))
+    assert sorted(d.metadata.get("n", -1) for d in result) == [-1, 0, 2]
+
+
+def test_acompress_documents_equals_compress_documents(reranker):
+    given = documents()
+    compressor = GenrankRerank(reranker=reranker, top_n=4)
+    assert asyncio.run(compressor.acompress_documents(given, SEED_QUERY)) == \
+        compressor.compress_documents(given, SEED_QUERY)
+
+
+def test_contextual_compression_retriever_end_to_end(reranker):
+    store = InMemoryVectorStore(embedding=DeterministicFakeEmbedding(size=16))
+    store.add_documents(documents())
+    retriever = ContextualCompressionRetriever(base_compressor=GenrankRerank(reranker=reranker, top_n=2),
+                                               base_retriever=store.as_retriever(search_kwargs={"k": 6}))
+    want = expected(reranker, SEED_QUERY, SEED_DOCUMENTS, top_k=2)
+    for result in (retriever.invoke(SEED_QUERY), asyncio.run(retriever.ainvoke(SEED_QUERY))):
+        assert [d.page_content for d in result] == [SEED_DOCUMENTS[w["corpus_id"]] for w in want]
+        assert [d.metadata["source"] for d in result] == [f"doc-{w['corpus_id']}" for w in want]
+        assert [d.metadata["relevance_score"] for d in result] == pytest.approx([w["relevance"] for w in want])
+
+
+def test_bad_arguments_name_the_field(reranker):
+    with pytest.raises(ValidationError, match="top_n"):
+        GenrankRerank(reranker=reranker, top_n=0)
+    with pytest.raises(ValidationError, match="reranker"):
+        GenrankRerank(reranker="lightblue/lb-reranker-0.5B-v1.0")
+    with pytest.raises(ValueError, match="query is empty"):
+        GenrankRerank(reranker=reranker).compress_documents(documents(), " ")
+
+
+def test_missing_langchain_names_the_extra():
+    code = ("import sys; sys.modules['langchain_core'] = None\n"
+            "import genrank.integrations\n"
+            "try:\n    import genrank.integrations.langchain\n"
+            "except ImportError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "pip install 'genrank[langchain]'" in out
+
+
+def test_importing_genrank_integrations_imports_no_framework():
+    code = ("import sys, genrank.integrations; "
+            "print(sorted(m for m in ('langchain_core', 'llama_index', 'haystack') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
