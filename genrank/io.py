@@ -2,15 +2,17 @@
 
 Readers yield one ``InputRow`` per input row, already validated: a row with a missing, null or
 non-string field carries an ``error`` naming the field and its line (JSONL, CSV) or row (Parquet)
-number instead of texts. Writers append rows in order and, on ``resume()``, find the rows an
-earlier (possibly killed) run completed and drop a torn tail. Parquet output goes to part files
-renamed into place one chunk at a time (``OUTPUT.parts/``), merged into OUTPUT at the end, because
-a Parquet file killed before its footer is written cannot be read at all.
+number instead of texts. Writers append rows in order, each chunk fsync'd before it counts, and
+resume after the rows an earlier (possibly killed) run recorded as done (``Progress``), dropping
+whatever lies past them. Parquet output goes to part files renamed into place one chunk at a time
+(``OUTPUT.parts/``), merged into OUTPUT at the end, because a Parquet file killed before its footer
+is written cannot be read at all.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -18,8 +20,9 @@ import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .reranker import check_text
 
@@ -203,66 +206,149 @@ def _read_parquet(path: Path, fields: Fields) -> Iterator[InputRow]:
 # -- writers --------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How much of an output is done and on disk: ``rows`` rows, held by its first ``bytes`` bytes
+    (JSONL, CSV; the header included) or its first ``parts`` part files (Parquet; ``merged`` once
+    OUTPUT holds them all)."""
+
+    rows: int = 0
+    bytes: int = 0
+    parts: int = 0
+    merged: bool = False
+
+
 class Writer(ABC):
-    """Appends output rows in order; ``resume()`` first, then ``write()`` per chunk, ``finish()`` at the end."""
+    """Appends output rows in order; a chunk counts once it is on disk.
+
+    ``exists()``, ``check_is_output()`` and ``resume()`` only read. The first ``write()`` or
+    ``finish()`` drops whatever lies past the resumed progress (a torn or unrecorded tail);
+    ``write()`` returns the new progress once its rows are fsync'd; ``finish()`` completes the
+    output; ``cleanup()`` removes what the finished output no longer needs.
+    """
 
     def __init__(self, path: str | os.PathLike, list_mode: bool):
         self.path = Path(path)
         self.list_mode = list_mode
+        self.progress = Progress()
+        self._file: BinaryIO | None = None
+
+    def exists(self) -> bool:
+        """Whether an earlier run left output here (an empty file is none)."""
+        return self.path.exists() and self.path.stat().st_size > 0
 
     @abstractmethod
-    def resume(self) -> tuple[int, Iterator[Any]]:
-        """The number of rows an earlier run completed and an iterator over their ids (read lazily).
-
-        A torn last row is removed; the file is then open for appending."""
+    def check_is_output(self) -> None:
+        """A ValueError naming what is wrong if the file at the output path is not genrank output."""
 
     @abstractmethod
-    def write(self, records: list[dict[str, Any]]) -> None:
-        """Append rows (``output_record`` dicts) and make them durable against the process dying."""
+    def resume(self, progress: Progress) -> Iterator[Any]:
+        """Continue after ``progress``: the ids of the rows it covers, read lazily (a ValueError if
+        the output does not hold them)."""
+
+    @abstractmethod
+    def write(self, records: list[dict[str, Any]]) -> Progress:
+        """Append rows (``output_record`` dicts); returns the progress once they are on disk."""
+
+    def finish(self) -> Progress:
+        """Complete the output (an empty one for an empty input) and return its progress."""
+        self._start()
+        self.close()
+        return self.progress
+
+    def cleanup(self) -> None:
+        """Remove what the finished output no longer needs, once its progress is recorded."""
 
     def close(self) -> None:
         """Close the output file, as it stands (an interrupted run: resumable)."""
-        if getattr(self, "_file", None) is not None:
+        if self._file is not None:
             self._file.close()
+            self._file = None
 
-    def finish(self) -> None:
-        """Close the output; it now holds every row written."""
-        self.close()
+    def remove(self) -> None:
+        """Remove the output and what a run left beside it, to start over."""
+        self.path.unlink(missing_ok=True)
+
+    def _start(self) -> None:
+        """Open the output for appending after the resumed progress, dropping anything past it."""
+        if self._file is None:
+            self._file = open(self.path, "ab")  # noqa: SIM115 - open until finish() or close()
+            self._file.truncate(self.progress.bytes)
+
+    def _append(self, data: bytes, rows: int) -> Progress:
+        self._start()
+        self._file.write(data)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.progress = Progress(self.progress.rows + rows, self.progress.bytes + len(data))
+        return self.progress
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a file created or renamed in the folder ``path`` durable (POSIX; elsewhere a no-op)."""
+    if os.name != "posix":
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _changed(path: Path, what: str) -> ValueError:
+    return ValueError(f"{str(path)!r} {what}: it was changed after genrank wrote it; start over with --overwrite "
+                      "or choose another output")
+
+
+def _check_size(path: Path, progress: Progress) -> None:
+    size = path.stat().st_size
+    if size < progress.bytes:
+        raise _changed(path, f"is {size:,} bytes, shorter than the {progress.bytes:,} its manifest records as done")
+
+
+def _lines(path: Path, progress: Progress) -> Iterator[bytes]:
+    """The lines of the first ``progress.bytes`` bytes of ``path``."""
+    left = progress.bytes
+    with open(path, "rb") as f:
+        while left > 0:
+            line = f.readline(left)
+            if not line:  # shrunk since its size was checked
+                return
+            left -= len(line)
+            yield line
 
 
 class JsonlWriter(Writer):
-    def resume(self) -> tuple[int, Iterator[Any]]:
-        count, end = 0, 0
-        if self.path.exists():
-            with open(self.path, "rb") as f:
-                for line in f:
-                    if not line.endswith(b"\n"):
-                        break  # a torn last line is redone
-                    if not _is_output_line(line):
-                        raise ValueError(f"{str(self.path)!r} is not genrank output: line {count + 1} is "
-                                         f"{line[:100]!r}; remove it or choose another output")
-                    count += 1
-                    end += len(line)
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-        self._file = open(self.path, "ab")  # noqa: SIM115 - open until finish() or close()
-        return count, _jsonl_ids(self.path, count)
+    def check_is_output(self) -> None:
+        with open(self.path, "rb") as f:
+            for n, line in enumerate(f, 1):
+                if line.endswith(b"\n") and not _is_output_line(line):
+                    raise ValueError(f"{str(self.path)!r} is not genrank output: line {n} is {line[:100]!r}; "
+                                     "remove it or choose another output")
 
-    def write(self, records: list[dict[str, Any]]) -> None:
+    def resume(self, progress: Progress) -> Iterator[Any]:
+        _check_size(self.path, progress)
+        self.progress = progress
+        return _jsonl_ids(self.path, progress)
+
+    def write(self, records: list[dict[str, Any]]) -> Progress:
         lines = []
         for r in records:
             if r["error"] is None:
                 del r["error"]
             lines.append(json.dumps(r, ensure_ascii=False))
         # A lone surrogate (from a JSON input's id) becomes its JSON escape, so it reads back the same.
-        self._file.write(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"))
-        self._file.flush()
+        return self._append(("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"), len(records))
 
 
-def _jsonl_ids(path: Path, count: int) -> Iterator[Any]:
-    with open(path, "rb") as f:
-        for _, line in zip(range(count), f):
-            yield json.loads(line)["id"]
+def _jsonl_ids(path: Path, progress: Progress) -> Iterator[Any]:
+    lines = _lines(path, progress)
+    for n in range(1, progress.rows + 1):
+        line = next(lines, b"")
+        if not (line.endswith(b"\n") and _is_output_line(line)):
+            raise _changed(path, f"does not hold the {progress.rows:,} rows its manifest records: line {n} is "
+                                 f"{line[:100]!r}")
+        yield json.loads(line)["id"]
 
 
 def _is_output_line(line: bytes) -> bool:
@@ -274,113 +360,147 @@ def _is_output_line(line: bytes) -> bool:
 
 
 class CsvWriter(Writer):
-    def resume(self) -> tuple[int, Iterator[Any]]:
-        count, end = -1, 0  # -1: no header yet
-        if self.path.exists():
-            for record, record_end in _csv_records(self.path):
-                if count < 0 and record != list(OUTPUT_COLUMNS):
-                    raise ValueError(f"{str(self.path)!r} is not genrank output: its header is {record!r:.100}, "
-                                     f"expected {','.join(OUTPUT_COLUMNS)}; remove it or choose another output")
-                if len(record) != len(OUTPUT_COLUMNS):
-                    break
-                count += 1
-                end = record_end
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-        self._file = open(self.path, "a", newline="", encoding="utf-8")  # noqa: SIM115 - open until finish() or close()
-        self._csv = csv.writer(self._file)
-        if count < 0:
-            self._csv.writerow(OUTPUT_COLUMNS)
-            count = 0
-        return count, _csv_ids(self.path, count)
+    def check_is_output(self) -> None:
+        with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
+            header = next(csv.reader(f), [])
+        if header != list(OUTPUT_COLUMNS):
+            raise ValueError(f"{str(self.path)!r} is not genrank output: its header is {header!r:.100}, "
+                             f"expected {','.join(OUTPUT_COLUMNS)}; remove it or choose another output")
 
-    def write(self, records: list[dict[str, Any]]) -> None:
+    def resume(self, progress: Progress) -> Iterator[Any]:
+        _check_size(self.path, progress)
+        self.progress = progress
+        return _csv_ids(self.path, progress)
+
+    def write(self, records: list[dict[str, Any]]) -> Progress:
         rows = []
         for r in records:
             score, mass = r["score"], r["label_mass"]
             if self.list_mode and score is not None:
                 score, mass = json.dumps(score), json.dumps(mass)
             rows.append((r["id"], "" if score is None else score, "" if mass is None else mass, r["error"] or ""))
-        self._csv.writerows(rows)
-        self._file.flush()
+        return self._append(_csv_bytes(rows), len(records))
+
+    def _start(self) -> None:
+        if self._file is None:
+            super()._start()
+            if self.progress.bytes == 0:
+                self._append(_csv_bytes([OUTPUT_COLUMNS]), 0)
 
 
-def _csv_records(path: Path) -> Iterator[tuple[list[str], int]]:
-    """Complete CSV records with the byte offset where each ends; stops at a torn last record."""
-    state = {"end": 0, "torn": False}
+def _csv_bytes(rows: list[tuple[Any, ...]]) -> bytes:
+    text = StringIO(newline="")
+    csv.writer(text).writerows(rows)
+    return text.getvalue().encode("utf-8")
 
-    def lines() -> Iterator[str]:
-        with open(path, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    state["torn"] = True
-                    return
-                state["end"] += len(line)
-                yield line.decode("utf-8", errors="replace")
 
+def _csv_ids(path: Path, progress: Progress) -> Iterator[str]:
+    records = csv.reader((line.decode("utf-8", errors="replace") for line in _lines(path, progress)), strict=True)
     try:
-        for record in csv.reader(lines(), strict=True):
-            yield record, state["end"]
-    except csv.Error:  # a record cut inside a quoted field (strict: not read as a shorter field)
-        return
-
-
-def _csv_ids(path: Path, count: int) -> Iterator[str]:
-    records = _csv_records(path)
-    next(records, None)  # header
-    for _, (record, _end) in zip(range(count), records):
-        yield record[0]
-    records.close()
+        header = next(records, None)
+        if progress.bytes and header != list(OUTPUT_COLUMNS):
+            raise _changed(path, f"does not start with the header {','.join(OUTPUT_COLUMNS)}")
+        for n in range(1, progress.rows + 1):
+            record = next(records, None)
+            if record is None or len(record) != len(OUTPUT_COLUMNS):
+                raise _changed(path, f"does not hold the {progress.rows:,} rows its manifest records: "
+                                     f"row {n} is {record!r:.100}")
+            yield record[0]
+    except csv.Error as e:
+        raise _changed(path, f"is not valid CSV ({e})") from None
 
 
 class ParquetWriter(Writer):
     """Each chunk is a part file ``OUTPUT.parts/part-NNNNNN.parquet``, renamed into place when
-    complete; ``finish()`` merges the parts into OUTPUT (atomically) and removes them."""
+    complete; ``finish()`` merges the parts into OUTPUT (atomically) and ``cleanup()`` removes them."""
 
     def __init__(self, path: str | os.PathLike, list_mode: bool):
         super().__init__(path, list_mode)
         self.parts = self.path.with_name(self.path.name + ".parts")
+        self._id_type = None
+        self._started = False
 
-    def resume(self) -> tuple[int, Iterator[Any]]:
+    def exists(self) -> bool:
+        return super().exists() or self.parts.exists()
+
+    def check_is_output(self) -> None:
         _, pq = _pyarrow()
 
-        if self.path.exists() and self.parts.exists():  # killed in finish(), after OUTPUT was complete
-            shutil.rmtree(self.parts)
-        if self.path.exists():  # a finished earlier run: continue after it
-            names = pq.read_schema(self.path).names
+        files = [self.path] if self.path.exists() else sorted(self.parts.glob("part-*.parquet"))
+        for path in files[:1]:
+            try:
+                names = pq.read_schema(path).names
+            except Exception as e:  # pyarrow.ArrowInvalid and kin: not a Parquet file
+                raise ValueError(f"{str(path)!r} is not genrank output: {e}; remove it or choose another "
+                                 "output") from None
             if names != list(OUTPUT_COLUMNS):
-                raise ValueError(f"{str(self.path)!r} is not genrank output: its columns are {names}, expected "
+                raise ValueError(f"{str(path)!r} is not genrank output: its columns are {names}, expected "
                                  f"{list(OUTPUT_COLUMNS)}; remove it or choose another output")
-            self.parts.mkdir()
-            os.replace(self.path, self._part(0))
-        self.parts.mkdir(exist_ok=True)
-        for stale in self.parts.glob("*.tmp"):
-            stale.unlink()
-        self._files = sorted(self.parts.glob("part-*.parquet"))
-        self._id_type = pq.read_schema(self._files[0]).field("id").type if self._files else None
-        count = sum(pq.ParquetFile(p).metadata.num_rows for p in self._files)
-        return count, (i for p in list(self._files) for i in pq.read_table(p, columns=["id"]).column("id").to_pylist())
 
-    def write(self, records: list[dict[str, Any]]) -> None:
+    def resume(self, progress: Progress) -> Iterator[Any]:
+        _, pq = _pyarrow()
+
+        files = [self.path] if progress.merged else [self._part(n) for n in range(progress.parts)]
+        missing = [str(f) for f in files if not f.exists()]
+        if missing:
+            raise _changed(self.path, f"lacks {missing[0]!r}, which its manifest records as done")
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        if rows != progress.rows:
+            raise _changed(self.path, f"holds {rows:,} rows where its manifest records {progress.rows:,}")
+        self._id_type = pq.read_schema(files[0]).field("id").type if files else None
+        self.progress = progress
+        return (i for f in files for i in pq.read_table(f, columns=["id"]).column("id").to_pylist())
+
+    def write(self, records: list[dict[str, Any]]) -> Progress:
         pa, pq = _pyarrow()
 
+        self._start()
         table = pa.Table.from_pylist(records, schema=self._schema(records))
-        part = self._part(len(self._files))
+        part = self._part(self.progress.parts)
         tmp = part.with_name(part.name + ".tmp")
         pq.write_table(table, tmp)
+        _fsync_file(tmp)
         os.replace(tmp, part)
-        self._files.append(part)
+        fsync_dir(self.parts)
+        self.progress = Progress(self.progress.rows + len(records), parts=self.progress.parts + 1)
+        return self.progress
 
-    def finish(self) -> None:
+    def finish(self) -> Progress:
         _, pq = _pyarrow()
 
+        if self.progress.merged:  # finished by an earlier run
+            return self.progress
         tmp = self.path.with_name(self.path.name + ".tmp")
         schema = self._schema([])
         with pq.ParquetWriter(tmp, schema) as writer:
-            for part in self._files:
-                writer.write_table(pq.read_table(part).cast(schema))
+            for n in range(self.progress.parts):
+                writer.write_table(pq.read_table(self._part(n)).cast(schema))
+        _fsync_file(tmp)
         os.replace(tmp, self.path)
-        shutil.rmtree(self.parts)
+        fsync_dir(self.path.parent)
+        self.progress = dataclasses.replace(self.progress, merged=True)
+        return self.progress
+
+    def cleanup(self) -> None:
+        if self.parts.exists():
+            shutil.rmtree(self.parts)
+
+    def remove(self) -> None:
+        super().remove()
+        self.cleanup()
+
+    def _start(self) -> None:
+        """Before the first part: drop parts and temporary files past the resumed progress."""
+        if self._started:
+            return
+        if self.progress.merged:
+            raise ValueError(f"{str(self.path)!r} is finished; there are no rows left to add to it")
+        self.parts.mkdir(exist_ok=True)
+        kept = {self._part(n).name for n in range(self.progress.parts)}
+        for stale in self.parts.iterdir():
+            if stale.name not in kept:
+                stale.unlink()
+        self._started = True
 
     def _part(self, n: int) -> Path:
         return self.parts / f"part-{n:06d}.parquet"
@@ -392,6 +512,11 @@ class ParquetWriter(Writer):
         if self._id_type is None or pa.types.is_null(self._id_type):
             self._id_type = pa.array([r["id"] for r in records]).type if records else pa.int64()
         return output_schema(self._id_type, self.list_mode)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 def output_schema(id_type: Any, list_mode: bool):

@@ -2,9 +2,11 @@ import csv
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -86,6 +88,10 @@ class FailingEngine:
     @property
     def tokenizer(self):
         return self.engine.tokenizer
+
+    @property
+    def model_name(self):
+        return self.engine.model_name
 
     def label_logprobs(self, prompts, labels):
         self.calls += 1
@@ -203,9 +209,9 @@ def test_resume_after_a_crash_redoes_only_what_is_missing(tmp_path, hf_engine, e
 def test_output_of_another_input_is_refused(tmp_path, reranker):
     out = tmp_path / "out.jsonl"
     score_file(write_input(tmp_path / "a.jsonl", PAIRS[:3]), out, reranker)
-    with pytest.raises(ValueError, match="does not continue"):
+    with pytest.raises(ValueError, match="the input changed .*a.jsonl'\\): its size was"):
         score_file(write_input(tmp_path / "b.jsonl", PAIRS[3:9]), out, reranker)
-    with pytest.raises(ValueError, match="more rows than this input"):
+    with pytest.raises(ValueError, match="the input changed .*: its size was"):  # fewer rows
         score_file(write_input(tmp_path / "c.jsonl", PAIRS[:2]), out, reranker)
 
 
@@ -235,17 +241,21 @@ def test_foreign_jsonl_output_and_the_input_itself_are_left_alone(tmp_path, rera
     assert other.read_text() == '{"id": 1, "score": 2.0}\n{"text": "not scores"}\n'
 
 
-def test_csv_torn_inside_a_quoted_error_is_redone(tmp_path, hf_engine, expected):
+def test_csv_torn_inside_a_quoted_error_is_redone(tmp_path, hf_engine):
     rows = [dict(p) for p in PAIRS[:6]]
     rows[1]["document"] += " FAIL"
+    rows[3]["document"] += " FAIL"
     src = write_input(tmp_path / "in.csv", rows)
+    error = "server said:\nno"  # quoted in CSV: it holds a newline
+    whole = tmp_path / "whole.csv"
+    score_file(src, whole, Reranker(engine=FailingEngine(hf_engine, error=error)), chunk_size=2)
     out = tmp_path / "out.csv"
-    failing = Reranker(engine=FailingEngine(hf_engine, error="server said:\nno"))  # quoted: it holds a newline
-    score_file(src, out, failing, chunk_size=2)
-    whole = out.read_bytes()
-    out.write_bytes(whole[: whole.index(b'p1,,,"server said:\n') + len(b'p1,,,"server said:\n')])  # killed there
-    score_file(src, out, failing, chunk_size=2)
-    assert out.read_bytes() == whole
+    with pytest.raises(KeyboardInterrupt):  # killed while scoring the second chunk...
+        score_file(src, out, Reranker(engine=FailingEngine(hf_engine, crash_on=2, error=error)), chunk_size=2)
+    with open(out, "ab") as f:  # ... or rather while writing it: cut inside the quoted error
+        f.write(b'p2,3.5,0.9,\r\np3,,,"server said:\n')
+    score_file(src, out, Reranker(engine=FailingEngine(hf_engine, error=error)), chunk_size=2)
+    assert out.read_bytes() == whole.read_bytes()
 
 
 def test_a_text_with_a_lone_surrogate_is_a_row_error(tmp_path, reranker, expected):
@@ -337,8 +347,9 @@ def test_sigkill_midway_then_rerun_gives_the_uninterrupted_output(tmp_path, tiny
         time.sleep(0.01)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    done = out.read_bytes().count(b"\n")
-    assert 10 <= done < 100
+    # rows count as done once the manifest records them, after they are on disk
+    done = json.loads((tmp_path / "out.jsonl.genrank.json").read_text())["progress"]["rows"]
+    assert 9 <= done < 100 and out.read_bytes().count(b"\n") in (done, done + 1)
 
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
     assert rerun.returncode == 0, rerun.stderr
@@ -356,3 +367,313 @@ def test_summary_reads_well():
     s = BatchSummary(pairs=1200, failed=3, skipped=100, seconds=2.0)
     assert str(s) == "1,200 pairs scored, 3 failed, 100 already done in 2.0 s (600 pairs/s)"
     assert math.isclose(s.pairs_per_second, 600)
+
+
+# -- resume: what a rerun may continue, and what it must leave alone -----------------------------
+
+
+def snapshot(folder):
+    """Every file (bytes) and folder under ``folder``, by relative path."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() if p.is_file() else None for p in folder.rglob("*")}
+
+
+def interrupted_output(src, out, hf_engine):
+    """``out`` as a run killed while writing its third chunk of 2 rows leaves it: 4 rows done, a torn tail."""
+    with pytest.raises(KeyboardInterrupt):
+        score_file(src, out, Reranker(engine=FailingEngine(hf_engine, crash_on=3)), chunk_size=2)
+    if out.suffix == ".parquet":
+        (out.parent / "out.parquet.parts" / "part-000002.parquet.tmp").write_bytes(b"PAR1 torn")
+    else:
+        with open(out, "ab") as f:
+            f.write(b'{"id": "p4", "score": 3.1' if out.suffix == ".jsonl" else b"p4,3.1")
+
+
+REFUSALS = {  # reason -> (how the output and the rerun differ, what the refusal says)
+    "foreign file": ("foreign", r"is not genrank output"),
+    "no manifest": ("no manifest", r"has no manifest \(out\.\w+\.genrank\.json\): it was written by an older genrank"),
+    "another input": (PAIRS[10:19], r"the input changed \(the output was written from .*in\.\w+'\): its size was"),
+    "more rows than the input": (PAIRS[:3], r"the input changed .*: its size was"),
+    "settings differ": ({"max_length": 512}, r"cannot be resumed by this run: --max-length was 1024, now 512\. Rerun"),
+}
+
+
+@pytest.mark.parametrize("reason", list(REFUSALS))
+@pytest.mark.parametrize("ext", [".jsonl", ".csv", ".parquet"])
+def test_a_refused_resume_changes_nothing_on_disk(tmp_path, hf_engine, ext, reason):
+    src = write_input(tmp_path / f"in{ext}", PAIRS[:9])
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / f"out{ext}"
+    change, message = REFUSALS[reason]
+    reranker = Reranker(engine=hf_engine)
+    if change == "foreign":
+        write_input(out, [{"x": 1, "y": "not scores"}, {"x": 2, "y": "{"}])
+    else:
+        interrupted_output(src, out, hf_engine)
+    if change == "no manifest":  # as an older genrank leaves it
+        (tmp_path / "out" / f"out{ext}.genrank.json").unlink(missing_ok=True)  # (HEAD: none to remove)
+    elif isinstance(change, list):
+        src = write_input(tmp_path / f"other{ext}", change)
+    elif isinstance(change, dict):
+        reranker = Reranker(engine=hf_engine, **change)
+    before = snapshot(tmp_path / "out")
+    with pytest.raises(ValueError) as refusal:
+        score_file(src, out, reranker, chunk_size=2)
+    assert snapshot(tmp_path / "out") == before
+    assert re.search(message, str(refusal.value))
+
+
+def test_an_input_without_ids_is_checked_too(tmp_path, reranker):
+    """Row numbers stand in for ids, so any input of as many rows has the same ids: the input itself is checked."""
+    out = tmp_path / "out.jsonl"
+    score_file(write_input(tmp_path / "a.jsonl", [{"query": p["query"], "document": p["document"]} for p in PAIRS[:6]]),
+               out, reranker)
+    before = out.read_bytes()
+    other = write_input(tmp_path / "b.jsonl", [{"query": p["query"], "document": p["document"]} for p in PAIRS[6:12]])
+    with pytest.raises(ValueError, match="the input changed"):
+        score_file(other, out, reranker)
+    assert out.read_bytes() == before
+
+
+class RenamedEngine:
+    """The tiny model under another model name."""
+
+    prompt_format = "tokens"
+    model_name = "another/model"
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+
+    def label_logprobs(self, prompts, labels):
+        return self.engine.label_logprobs(prompts, labels)
+
+
+def edited(name):
+    import dataclasses
+
+    from genrank import load_template
+
+    return dataclasses.replace(load_template(name), system="Rate 1-7 how well the text answers the query.")
+
+
+SETTING_CHANGES = {  # (first run, rerun, the difference named)
+    "model": ({}, {"engine": RenamedEngine}, r"--model was '.*tiny-qwen2', now 'another/model'"),
+    "template": ({}, {"template": "lb-reranker-v1-instruct"},
+                 r"--template was 'lb-reranker-v1', now 'lb-reranker-v1-instruct'"),
+    "template edited": ({}, {"template": edited("lb-reranker-v1")},
+                        r"the template 'lb-reranker-v1' was edited \(content sha256 \w{12}\.\.\., now \w{12}\.\.\.\)"),
+    "max length": ({"max_length": 512}, {}, r"--max-length was 512, now 1024"),
+    "card formula": ({}, {"normalize": False}, r"label normalisation \(off with --card-formula\) was on, now off"),
+    "instruction": ({"template": "lb-reranker-v1-instruct"},
+                    {"template": "lb-reranker-v1-instruct", "instruction": "Find novels"},
+                    r"--instruction was not set, now 'Find novels'"),
+    "long documents": ({}, {"long_documents": "chunks"}, r"--long-documents was 'truncate', now 'chunks'"),
+    "id field": ({}, {"id_field": "uid"}, r"--id-field was 'id', now 'uid'"),
+    "documents field": ({}, {"documents_field": "docs"}, r"--documents-field was not set, now 'docs'"),
+    "shard": ({"shard": (0, 2)}, {"shard": (1, 2)}, r"--shard was 0/2, now 1/2"),
+    "chunk size of a shard": ({"shard": (0, 2)}, {"shard": (0, 2), "chunk_size": 3},
+                              r"--chunk-size \(it decides a shard's rows\) was 2, now 3"),
+}
+RUN_OPTIONS = ("id_field", "documents_field", "shard", "chunk_size")
+
+
+@pytest.mark.parametrize("change", list(SETTING_CHANGES))
+def test_a_resume_with_other_settings_is_refused_naming_the_change(tmp_path, hf_engine, change):
+    first, rerun, message = SETTING_CHANGES[change]
+    src = write_input(tmp_path / "in.jsonl", [{**p, "docs": [p["document"]]} for p in PAIRS[:4]])
+    out = tmp_path / "out.jsonl"
+
+    def run(options):
+        options = {"chunk_size": 2, **options}
+        engine = options.pop("engine", lambda e: e)(hf_engine)
+        reranker = Reranker(engine=engine, **{k: v for k, v in options.items() if k not in RUN_OPTIONS})
+        return score_file(src, out, reranker, **{k: v for k, v in options.items() if k in RUN_OPTIONS})
+
+    run(first)
+    before = snapshot(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        run(rerun)
+    assert snapshot(tmp_path) == before
+    same = first if "shard" in first else {**first, "chunk_size": 3}  # unsharded, any chunk size resumes
+    assert run(same).pairs == 0
+
+
+class StoppingEngine:
+    """The tiny model behind an engine that takes several calls at once, like a remote one, and
+    from its ``fail_on``-th call raises the error that stops a run (as the OpenAI driver does once
+    the first requests were all rejected alike)."""
+
+    prompt_format = "tokens"
+
+    class SetupError(RuntimeError):
+        pass
+
+    def __init__(self, engine, fail_on, max_calls_in_flight=3):
+        self.engine, self.fail_on, self.max_calls_in_flight = engine, fail_on, max_calls_in_flight
+        self.calls, self.lock = 0, threading.Lock()
+        self.tokenizer, self.model_name = engine.tokenizer, engine.model_name
+
+    def label_logprobs(self, prompts, labels):
+        with self.lock:  # the tiny model itself takes one call at a time
+            self.calls += 1
+            if self.calls >= self.fail_on:
+                raise self.SetupError("HTTP 400 from http://127.0.0.1:9/v1/chat/completions: 'logprobs' is not "
+                                      "supported (the first 3 requests were all rejected so)")
+            return self.engine.label_logprobs(prompts, labels)
+
+
+def manifest_rows(out):
+    return json.loads(out.with_name(out.name + ".genrank.json").read_text())["progress"]["rows"]
+
+
+def rows_on_disk(out):
+    if out.suffix == ".parquet":
+        return sum(pq.ParquetFile(p).metadata.num_rows for p in (out.parent / f"{out.name}.parts").glob("*.parquet"))
+    return out.read_bytes().count(b"\n") - (out.suffix == ".csv")
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".csv", ".parquet"])
+def test_an_engine_that_stops_the_run_leaves_an_output_a_rerun_completes(tmp_path, hf_engine, ext):
+    src = write_input(tmp_path / f"in{ext}", PAIRS[:20])
+    clean = tmp_path / f"clean{ext}"
+    score_file(src, clean, Reranker(engine=hf_engine), chunk_size=4)
+    out = tmp_path / f"out{ext}"
+    with pytest.raises(StoppingEngine.SetupError, match="HTTP 400"):
+        score_file(src, out, Reranker(engine=StoppingEngine(hf_engine, fail_on=3)), chunk_size=4)
+    done = manifest_rows(out)
+    assert done % 4 == 0 and done < 20 and rows_on_disk(out) == done  # whole chunks, all of them recorded
+    # another engine, one call at a time, continues it
+    summary = score_file(src, out, Reranker(engine=hf_engine), chunk_size=4)
+    assert (summary.skipped, summary.pairs) == (done, 20 - done)
+    assert read_output(out) == read_output(clean)
+
+
+def test_cli_stops_with_one_line_when_the_engine_stops_the_run(tmp_path, tiny_model_dir, hf_engine, monkeypatch,
+                                                                capsys):
+    import genrank.cli.score
+
+    src = write_input(tmp_path / "in.jsonl", PAIRS[:12])
+    args = ["score", str(src), "-o", str(tmp_path / "out.jsonl"), "--chunk-size", "2", "-m", str(tiny_model_dir),
+            "-e", "hf", "-q"]
+    with monkeypatch.context() as m:
+        m.setattr(genrank.cli.score, "reranker_from_args",
+                  lambda args: Reranker(engine=StoppingEngine(hf_engine, fail_on=3)))
+        assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genrank: error: HTTP 400 from http://127.0.0.1:9/v1/chat/completions: 'logprobs' is not")
+    assert err.count("\n") == 1 and "rerun the same command to resume" in err
+    done = manifest_rows(tmp_path / "out.jsonl")
+    assert main(args) == 0
+    assert f"{12 - done} pairs scored, 0 failed, {done} already done" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".parquet"])
+def test_overwrite_starts_over_once_the_first_chunk_is_scored(tmp_path, hf_engine, expected, ext):
+    out = tmp_path / f"out{ext}"
+    score_file(write_input(tmp_path / f"a{ext}", PAIRS[:6]), out, Reranker(engine=hf_engine), chunk_size=4)
+    other = write_input(tmp_path / f"b{ext}", PAIRS[6:16])
+    before = snapshot(tmp_path)
+    with pytest.raises(StoppingEngine.SetupError):  # nothing scored yet: the old output stays
+        score_file(other, out, Reranker(engine=StoppingEngine(hf_engine, fail_on=1)), chunk_size=4, overwrite=True)
+    assert snapshot(tmp_path) == before
+    summary = score_file(other, out, Reranker(engine=hf_engine), chunk_size=4, overwrite=True)
+    assert (summary.pairs, summary.skipped) == (10, 0)
+    assert_matches(read_output(out), expected, [p["id"] for p in PAIRS[6:16]])
+    assert not (tmp_path / f"out{ext}.parts").exists() and manifest_rows(out) == 10
+
+
+def test_cli_overwrite(tmp_path, tiny_model_dir, capsys):
+    out = tmp_path / "out.csv"
+    args = ["-o", str(out), "-m", str(tiny_model_dir), "-e", "hf", "-q"]
+    assert main(["score", str(write_input(tmp_path / "a.csv", PAIRS[:3])), *args]) == 0
+    b = str(write_input(tmp_path / "b.csv", PAIRS[3:5]))
+    assert main(["score", b, *args, "--max-length", "512"]) == 2
+    assert "--max-length was 1024, now 512" in capsys.readouterr().err
+    assert main(["score", b, *args, "--max-length", "512", "--overwrite"]) == 0
+    assert [r["id"] for r in read_output(out)] == ["p3", "p4"]
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".csv", ".parquet"])
+def test_a_chunk_written_but_not_recorded_is_redone_once(tmp_path, reranker, monkeypatch, ext):
+    """Killed after a chunk reached the disk but before the manifest counted it."""
+    from genrank.manifest import Manifest
+
+    src = write_input(tmp_path / f"in{ext}", PAIRS[:10])
+    clean = tmp_path / f"clean{ext}"
+    score_file(src, clean, reranker, chunk_size=4)
+    out = tmp_path / f"out{ext}"
+    save = Manifest.save
+
+    def killed_recording_the_second_chunk(self, path):
+        if self.progress.rows == 8:
+            raise KeyboardInterrupt("killed")
+        save(self, path)
+
+    with monkeypatch.context() as m:
+        m.setattr(Manifest, "save", killed_recording_the_second_chunk)
+        with pytest.raises(KeyboardInterrupt):
+            score_file(src, out, reranker, chunk_size=4)
+    assert (manifest_rows(out), rows_on_disk(out)) == (4, 8)
+    summary = score_file(src, out, reranker, chunk_size=4)
+    assert (summary.skipped, summary.pairs) == (4, 6)
+    assert read_output(out) == read_output(clean)
+
+
+def test_parquet_killed_before_recording_the_merge_is_complete_on_rerun(tmp_path, reranker, monkeypatch):
+    from genrank.manifest import Manifest
+
+    src = write_input(tmp_path / "in.parquet", PAIRS[:7])
+    out = tmp_path / "out.parquet"
+    save = Manifest.save
+
+    def killed_recording_the_merge(self, path):
+        if self.progress.merged:
+            raise KeyboardInterrupt("killed")
+        save(self, path)
+
+    with monkeypatch.context() as m:
+        m.setattr(Manifest, "save", killed_recording_the_merge)
+        with pytest.raises(KeyboardInterrupt):
+            score_file(src, out, reranker, chunk_size=3)
+    assert out.exists() and (tmp_path / "out.parquet.parts").exists()
+    merged = read_output(out)
+    summary = score_file(src, out, reranker, chunk_size=3)
+    assert (summary.skipped, summary.pairs) == (7, 0)
+    assert read_output(out) == merged and len(merged) == 7 and not (tmp_path / "out.parquet.parts").exists()
+
+
+def test_cli_ray_refuses_an_existing_output_folder(tmp_path, capsys):
+    """Ray Data appends to a folder: a second run would hold every row twice."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "1_000000_000000.parquet").write_bytes(b"earlier run")
+    src = write_input(tmp_path / "in.parquet", PAIRS[:2])
+    assert main(["score", str(src), "-o", str(tmp_path / "out"), "--ray", "-m", str(tmp_path / "no-model")]) == 2
+    assert "exists; --ray writes a new folder and does not resume or overwrite" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["1_000000_000000.parquet"]
+
+
+def test_score_help_gives_each_option_one_default_in_words(capsys):
+    with pytest.raises(SystemExit):
+        main(["score", "--help"])
+    entries = re.split(r"\n  (?=-)", capsys.readouterr().out.split("options:")[1])[1:]  # one per option
+    helps = {e.split()[0]: " ".join(e.split()).replace("lb- reranker", "lb-reranker") for e in entries}
+    assert {"--output", "--overwrite", "--format", "--shard", "--num-cpus", "--model", "--max-length"} <= set(helps)
+    for option, text in helps.items():
+        if option != "-h,":
+            assert text.count("(default:") + text.count("(required)") == 1, text
+        assert "(default: None)" not in text, text
+    assert "file format (default: from the input's extension)" in helps["--format"]
+    assert "start over: remove an earlier OUTPUT, its parts and its manifest (default: resume" in helps["--overwrite"]
+
+
+def test_a_run_started_in_process_resumes_through_a_vllm_server_of_the_same_model(tmp_path, hf_engine, expected,
+                                                                                   tiny_model_dir, vllm_url):
+    src = write_input(tmp_path / "in.jsonl", PAIRS[:12])
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        score_file(src, out, Reranker(engine=FailingEngine(hf_engine, crash_on=3)), chunk_size=4)
+    remote = Reranker(str(tiny_model_dir), engine="openai", base_url=vllm_url, api_key="none", concurrency=4,
+                      tokenizer=str(tiny_model_dir))
+    summary = score_file(src, out, remote, chunk_size=2)  # another engine, several calls at once, other chunks
+    assert (summary.skipped, summary.pairs, summary.failed) == (8, 4, 0)
+    assert_matches(read_output(out), expected, [p["id"] for p in PAIRS[:12]])
