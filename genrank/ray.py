@@ -67,7 +67,7 @@ def score_dataset(ds: ray.data.Dataset, make_reranker: Callable[[], Reranker], *
 def score_files_ray(input_path: str | os.PathLike, output_path: str | os.PathLike,
                     make_reranker: Callable[[], Reranker], *, format: str | None = None,
                     **options: Any) -> BatchSummary:
-    """Score a JSONL or Parquet file (or folder of them) into the folder ``output_path``, same format.
+    """Score a JSONL or Parquet file (or folder of them) into the new folder ``output_path``, same format.
 
     ``options`` are ``score_dataset``'s. Returns the run's summary (rows that could not be read
     count as one failed pair each, as in ``genrank.batch``).
@@ -75,6 +75,9 @@ def score_files_ray(input_path: str | os.PathLike, output_path: str | os.PathLik
     fmt = io.detect_format(input_path, format) if format or not os.path.isdir(input_path) else "parquet"
     if fmt not in RAY_FORMATS:
         raise ValueError(f"Ray scoring reads and writes jsonl or parquet, not {fmt}")
+    if os.path.exists(output_path):  # Ray Data appends: a rerun would add a second copy of every row
+        raise ValueError(f"{str(output_path)!r} exists; Ray scoring writes a new folder and does not resume or "
+                         "overwrite: remove it or choose another folder")
     start = time.perf_counter()
     path = str(input_path)
     ds = ray.data.read_parquet(path) if fmt == "parquet" else ray.data.read_json(path, lines=True)

@@ -648,7 +648,7 @@ def test_cli_ray_refuses_an_existing_output_folder(tmp_path, capsys):
     (tmp_path / "out" / "1_000000_000000.parquet").write_bytes(b"earlier run")
     src = write_input(tmp_path / "in.parquet", PAIRS[:2])
     assert main(["score", str(src), "-o", str(tmp_path / "out"), "--ray", "-m", str(tmp_path / "no-model")]) == 2
-    assert "exists; --ray writes a new folder and does not resume or overwrite" in capsys.readouterr().err
+    assert "exists; Ray scoring writes a new folder and does not resume or overwrite" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["1_000000_000000.parquet"]
 
 

@@ -31,9 +31,6 @@ def cmd_score(args: argparse.Namespace) -> int:
     fields = {"query_field": args.query_field, "document_field": args.document_field, "id_field": args.id_field,
               "documents_field": args.documents_field}
     if args.ray:
-        if os.path.exists(args.output):  # Ray Data appends: a rerun would add a second copy of every row
-            raise CliError(f"{args.output!r} exists; --ray writes a new folder and does not resume or overwrite: "
-                           "remove it or choose another folder")
         try:
             from .. import ray as genrank_ray
         except ImportError as e:
