@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import evaluate, rank, score, templates
+from . import evaluate, rank, score, serve, templates
 from .common import CliError, HelpFormatter
 
-COMMANDS = (rank, score, evaluate, templates)
+COMMANDS = (rank, score, evaluate, serve, templates)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,150 @@
+"""Request bodies of the rerank endpoints: Cohere v2, Cohere v1 / Jina, and text-embeddings-inference.
+
+Fields the services define and genrank has no use for (``rank_fields`` aside) are accepted and
+ignored, so their clients work unchanged. Each text is checked as the Reranker checks it (a
+string, valid Unicode; the query not blank), with errors that name the field and the value.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..reranker import check_text
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    @field_validator("query", check_fields=False)
+    @classmethod
+    def _query(cls, value: str) -> str:
+        return check_text(value, "query", allow_empty=False)
+
+
+class CohereV2Request(_Request):
+    """``POST /v2/rerank``: Cohere's v2 rerank request."""
+
+    model: str | None = Field(None, description="accepted and ignored: the server scores with its own model")
+    query: str = Field(description="the search query (not blank)")
+    documents: list[str] = Field(description="the texts to rank")
+    top_n: int | None = Field(None, ge=0, description="return only the best N (absent or 0: all)")
+    return_documents: bool = Field(False, description="include each document's text in its result")
+    max_tokens_per_doc: int | None = Field(None, ge=1, description="cut each document to this many tokens first")
+
+    @field_validator("documents")
+    @classmethod
+    def _documents(cls, value: list[str]) -> list[str]:
+        return [check_text(d, f"documents[{n}]") for n, d in enumerate(value)]
+
+
+class JinaRequest(_Request):
+    """``POST /v1/rerank`` and ``POST /rerank`` without ``texts``: Jina's and Cohere v1's rerank request.
+
+    A document is a string or an object with a string ``text`` (its other fields come back
+    with it); with ``rank_fields`` the named fields of each object are scored instead, as
+    ``field: value`` lines.
+    """
+
+    model: str | None = Field(None, description="accepted and ignored: the server scores with its own model")
+    query: str = Field(description="the search query (not blank)")
+    documents: list[str | dict[str, Any]] = Field(description="strings, or objects with a string \"text\"")
+    top_n: int | None = Field(None, ge=0, description="return only the best N (absent or 0: all)")
+    return_documents: bool = Field(False, description="include each document in its result")
+    max_tokens_per_doc: int | None = Field(None, ge=1, description="cut each document to this many tokens first")
+    rank_fields: list[str] | None = Field(None, description="fields of object documents to score (default: text)")
+
+    @field_validator("documents", mode="before")
+    @classmethod
+    def _documents(cls, value: Any) -> Any:
+        if not isinstance(value, list):
+            return value  # pydantic names the type error
+        for n, doc in enumerate(value):
+            text = doc.get("text") if isinstance(doc, dict) else doc
+            if not isinstance(text, str):
+                raise ValueError(f"documents[{n}] must be a string or an object with a string \"text\", "
+                                 f"got {doc!r:.80}")
+            check_text(text, f"documents[{n}]" + ('["text"]' if isinstance(doc, dict) else ""))
+        return value
+
+    @model_validator(mode="after")
+    def _rank_fields(self) -> JinaRequest:
+        for n, doc in enumerate(self.documents):
+            if isinstance(doc, dict):
+                for key in self.rank_fields or ():
+                    if key in doc:
+                        check_text(doc[key], f"documents[{n}][{key!r}]")
+        return self
+
+    def texts(self) -> list[str]:
+        """The text scored for each document."""
+        if not self.rank_fields:
+            return [d["text"] if isinstance(d, dict) else d for d in self.documents]
+        return ["\n".join(f"{key}: {d[key]}" for key in self.rank_fields if key in d) if isinstance(d, dict) else d
+                for d in self.documents]
+
+
+class TEIRequest(_Request):
+    """``POST /rerank`` with ``texts``: text-embeddings-inference's rerank request."""
+
+    query: str = Field(description="the search query (not blank)")
+    texts: list[str] = Field(description="the texts to rank")
+    raw_scores: bool = Field(False, description="score = expected label value (e.g. 1-7) with label_mass, "
+                                                "instead of relevance on [0, 1]")
+    return_text: bool = Field(False, description="include each text in its result")
+    truncate: bool | None = Field(None, description="true: cut texts that do not fit; false: refuse them (413); "
+                                                    "absent: the server's --long-documents")
+    truncation_direction: Literal["right", "Right"] = Field("right", description="texts are cut at the end")
+
+    @field_validator("texts")
+    @classmethod
+    def _texts(cls, value: list[str]) -> list[str]:
+        return [check_text(t, f"texts[{n}]") for n, t in enumerate(value)]
+
+
+# -- responses (what /docs shows; the endpoints build them as plain JSON) ----------------------
+
+
+class GenrankScores(BaseModel):
+    score: float = Field(description="expected label value (1-7 for lb-reranker)")
+    label_mass: float = Field(description="probability the model put on the labels")
+    truncated: bool = Field(description="the query or document was cut to fit")
+    windows: int | None = Field(None, description="windows the document was scored in (--long-documents chunks)")
+
+
+class RerankResult(BaseModel):
+    index: int = Field(description="the document's position in the request")
+    relevance_score: float = Field(description="relevance on [0, 1]")
+    document: dict[str, Any] | None = Field(None, description="{\"text\": ...} (or the object sent), with return_documents")
+    genrank: GenrankScores
+
+
+class RerankResponse(BaseModel):
+    """Cohere v2 / v1 and Jina responses: results best first."""
+
+    id: str
+    model: str
+    results: list[RerankResult]
+    meta: dict[str, Any] = Field(description="{\"api_version\": {\"version\"}, \"tokens\": {\"input_tokens\", \"output_tokens\"}}")
+    usage: dict[str, int] = Field(description="{\"prompt_tokens\", \"total_tokens\"}")
+
+
+class TEIResult(BaseModel):
+    """One element of the text-embeddings-inference response (a bare array, best first)."""
+
+    index: int
+    score: float = Field(description="relevance on [0, 1]; with raw_scores the expected label value")
+    label_mass: float | None = Field(None, description="with raw_scores")
+    text: str | None = Field(None, description="with return_text")
+
+
+class ErrorBody(BaseModel):
+    """Every error: a message for humans, a type, and the field at fault when there is one."""
+
+    message: str
+    type: str
+    field: str | None = None
+
+
+__all__ = ["CohereV2Request", "ErrorBody", "JinaRequest", "RerankResponse", "TEIRequest", "TEIResult"]

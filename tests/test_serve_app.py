@@ -1,0 +1,124 @@
+"""The rerank app in-process (its lifespan run by hand, requests through httpx's ASGI transport): loading,
+an engine call that raises, settings."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import numpy as np
+import pytest
+from conftest import SEED_DOCUMENTS, SEED_QUERY
+
+pytest.importorskip("fastapi")
+from genrank import Reranker
+from genrank.serve import ServeSettings, create_app
+
+
+class PoisonEngine:
+    """The transformers engine, except that a call holding a document with "[[poison]]" raises.
+
+    A real engine fails a whole call on demand only this way (a remote engine's per-pair failures
+    are tested against the fault-injecting server).
+    """
+
+    prompt_format = "tokens"
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.calls: list[int] = []
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def label_logprobs(self, prompts, labels):
+        self.calls.append(len(prompts))
+        if any("[[poison]]" in d for d in prompts.documents):
+            raise RuntimeError("poisoned batch")
+        return self.engine.label_logprobs(prompts, labels)
+
+
+async def _with_app(app, fn):
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=120) as client:
+            return await fn(client)
+
+
+async def _ready(client: httpx.AsyncClient) -> None:
+    for _ in range(3000):
+        if (await client.get("/health")).status_code == 200:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not ready")
+
+
+def test_503_while_the_model_loads_then_ready(hf_engine):
+    release = threading.Event()
+
+    def load() -> Reranker:
+        assert release.wait(60)
+        return Reranker(engine=hf_engine)
+
+    async def run(client: httpx.AsyncClient):
+        health = await client.get("/health")
+        assert health.status_code == 503 and health.headers["Retry-After"]
+        r = await client.post("/v2/rerank", json={"query": "q", "documents": ["a"]})
+        assert r.status_code == 503 and r.json()["type"] == "not_ready"
+        assert (await client.get("/v1/models")).status_code == 503
+        release.set()
+        await _ready(client)
+        r = await client.post("/v2/rerank", json={"query": SEED_QUERY, "documents": SEED_DOCUMENTS})
+        assert r.status_code == 200 and len(r.json()["results"]) == len(SEED_DOCUMENTS)
+
+    asyncio.run(_with_app(create_app(load), run))
+
+
+def test_an_engine_call_that_raises_fails_only_the_request_that_broke_it(hf_engine):
+    engine = PoisonEngine(hf_engine)
+    app = create_app(Reranker(engine=engine), ServeSettings(batch_wait=0.5))
+    bodies = [{"query": f"{SEED_QUERY} {n}", "documents": SEED_DOCUMENTS} for n in range(3)]
+    bodies[1]["documents"] = ["fine", "[[poison]] breaks the engine"]
+
+    async def run(client: httpx.AsyncClient):
+        await _ready(client)
+        return await asyncio.gather(*(client.post("/v2/rerank", json=b) for b in bodies))
+
+    good_first, bad, good_last = asyncio.run(_with_app(app, run))
+    assert bad.status_code == 500 and "RuntimeError: poisoned batch" in bad.json()["message"]
+    want = Reranker(engine=hf_engine)
+    for body, r in ((bodies[0], good_first), (bodies[2], good_last)):
+        assert r.status_code == 200
+        scores = [x["relevance_score"] for x in sorted(r.json()["results"], key=lambda x: x["index"])]
+        np.testing.assert_allclose(scores, want.score_details([(body["query"], d) for d in SEED_DOCUMENTS]).relevance,
+                                   atol=1e-6)
+    assert engine.calls[0] == 2 * len(SEED_DOCUMENTS) + 2  # all three were in one call before it was split
+
+
+def test_windows_of_long_documents_count_against_the_queue_limit(hf_engine):
+    engine = PoisonEngine(hf_engine)  # here only to count the engine calls
+    reranker = Reranker(engine=engine, max_length=96, long_documents="chunks")
+    app = create_app(reranker, ServeSettings(max_queue_pairs=20))
+    long = " ".join(SEED_DOCUMENTS * 6)  # dozens of windows of 96 tokens
+
+    async def run(client: httpx.AsyncClient):
+        await _ready(client)
+        refused = await client.post("/v2/rerank", json={"query": SEED_QUERY, "documents": ["short", long]})
+        fits = await client.post("/v2/rerank", json={"query": SEED_QUERY, "documents": [SEED_DOCUMENTS[0] * 3]})
+        return refused, fits
+
+    refused, fits = asyncio.run(_with_app(app, run))
+    assert refused.status_code == 413 and "--max-queue-pairs" in refused.json()["message"]
+    assert fits.status_code == 200 and fits.json()["results"][0]["genrank"]["windows"] > 1
+    assert len(engine.calls) == 1  # the refused request never reached the engine
+
+
+def test_settings_are_checked_and_keys_never_shown():
+    s = ServeSettings(api_keys=("sk-very-secret",))
+    assert "sk-very-secret" not in repr(s)
+    for bad in ({"max_documents": 0}, {"max_batch_pairs": -1}, {"request_timeout": 0}, {"api_keys": (" k",)},
+                {"max_body_bytes": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad)).split("_")[0]):
+            ServeSettings(**bad)
