@@ -7,19 +7,27 @@ fault-free run), plus ``/v1/models`` (and, posing as a vLLM server with ``vllm_v
 
 * on a share ``fault_rate`` of prompts (chosen by a hash of the prompt), the first attempt(s) get
   one of ``FAULTS``;
-* a prompt containing ``[[fault:KIND:N]]`` gets KIND on its first N attempts (N may be ``inf``).
+* a prompt containing ``[[fault:KIND:N]]`` gets KIND on its first N attempts (N may be ``inf``);
+* with ``fail_every_request=(STATUS, MESSAGE)`` every completion request gets that error (a server
+  that refuses the setup, e.g. 400 "max_tokens is not supported with this model").
 
 Transient kinds (a correct client retries): ``429`` (with ``Retry-After``), ``500``, ``502``,
 ``503``, ``slow`` (answers after ``slow_seconds``), ``drop`` (closes the connection),
 ``malformed`` (truncated JSON). Content kinds (a correct client reads the same
 scores): ``nondigit`` (near-miss tokens such as "07", "7." and "seven" among the top tokens),
 ``whitespace`` (each label split into "7", " 7" and "7\\n" with the same total probability).
-Other kinds: ``400``, ``401``, ``404``, ``nologprobs`` (a well-formed answer without logprobs, as
+Other kinds: any HTTP status (``400``, ``401``, ``404``, ``501``, ...), ``nologprobs`` (a well-formed answer without logprobs, as
 from a gateway that drops them), ``echo-key`` (a 500 whose message repeats the Authorization
 header, as careless gateways do), ``echo-key-long`` (the same after 480 characters of text),
 ``echo-key-401`` (a 401 that repeats it).
 
-Run it standalone for benchmarks: ``python tests/openai_test_server.py --latency 0.02``.
+``chat_tokenizer`` (a transformers tokenizer) makes the server tokenize each chat request as a
+real server does (the tokenizer's chat template, special-token text parsed as special tokens) and
+record the ids in ``requests[n]["token_ids"]``. Each request record holds its arrival ``time``,
+``answered`` (when its answer or error was sent) and ``peer``, the client's (host, port).
+
+Run it standalone for benchmarks: ``python tests/openai_test_server.py --latency 0.02``
+(``--fixed``: the same answer to every request, except to prompts with a fault marker).
 """
 
 from __future__ import annotations
@@ -62,13 +70,15 @@ class FakeOpenAIServer:
 
     def __init__(self, *, fault_rate: float = 0.0, faults: list[str] = FAULTS, latency: float = 0.0,
                  slow_seconds: float = 3.0, max_top_logprobs: int = 20, retry_after: str = "1",
-                 fixed: bool = False, vllm_version: str | None = None, port: int = 0):
+                 fixed: bool = False, vllm_version: str | None = None, port: int = 0,
+                 fail_every_request: tuple[int, str] | None = None, chat_tokenizer=None):
         self.fault_rate, self.faults, self.latency = fault_rate, list(faults), latency
         self.slow_seconds, self.max_top_logprobs, self.retry_after = slow_seconds, max_top_logprobs, retry_after
         self.fixed, self.vllm_version, self.port = fixed, vllm_version, port
+        self.fail_every_request, self.chat_tokenizer = fail_every_request, chat_tokenizer
         self._fixed_bodies: dict[bool, bytes] = {}
         self.attempts: Counter[str] = Counter()  # prompt key -> requests seen
-        self.requests: list[dict] = []  # {"path", "headers", "query", "body", "time"} of each request
+        self.requests: list[dict] = []  # {"path", "headers", "query", "body", "time", "answered"} of each request
         self.faults_served: Counter[str] = Counter()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
@@ -96,6 +106,7 @@ class FakeOpenAIServer:
             self._loop.run_until_complete(self._start())
             started.set()
             self._loop.run_forever()
+            self._loop.close()
 
         self._thread = threading.Thread(target=serve, daemon=True, name="fake-openai-server")
         self._thread.start()
@@ -126,24 +137,39 @@ class FakeOpenAIServer:
         return web.json_response({"version": self.vllm_version}) if self.vllm_version else web.Response(status=404)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        if self.fixed:
-            return await self._fixed(request, chat=True)
-        body = await request.json()
-        key = json.dumps(body["messages"], sort_keys=True)
-        top = body.get("top_logprobs") or 0
-        return await self._answer(request, body, key, top, chat=True)
+        return await self._handle(request, chat=True)
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
-        if self.fixed:
-            return await self._fixed(request, chat=False)
-        body = await request.json()
-        key = json.dumps(body["prompt"])
-        top = body.get("logprobs") or 0
-        return await self._answer(request, body, key, top, chat=False)
+        return await self._handle(request, chat=False)
+
+    async def _handle(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        raw = await request.read()
+        if self.fixed and not self.fail_every_request and b"[[fault:" not in raw:
+            return await self._fixed(chat)
+        body = json.loads(raw)
+        record = {"path": request.path, "headers": dict(request.headers), "query": dict(request.query),
+                  "body": body, "peer": request.transport.get_extra_info("peername") if request.transport else None,
+                  "time": time.monotonic()}
+        self.requests.append(record)
+        try:
+            if chat and self.chat_tokenizer is not None:
+                record["token_ids"] = self._tokenize_chat(body)
+            if self.fail_every_request:
+                return _error(*self.fail_every_request)
+            key = json.dumps(body["messages"], sort_keys=True) if chat else json.dumps(body["prompt"])
+            top = (body.get("top_logprobs") if chat else body.get("logprobs")) or 0
+            return await self._answer(request, body, key, top, chat)
+        finally:
+            record["answered"] = time.monotonic()
+
+    def _tokenize_chat(self, body: dict) -> list[int]:
+        """The ids a real server gives the messages: its chat template, special-token text parsed."""
+        continues = bool(body.get("continue_final_message"))
+        text = self.chat_tokenizer.apply_chat_template(body["messages"], tokenize=False, continue_final_message=continues,
+                                                       add_generation_prompt=not continues)
+        return self.chat_tokenizer(text, add_special_tokens=False)["input_ids"]
 
     async def _answer(self, request: web.Request, body: dict, key: str, top: int, chat: bool) -> web.StreamResponse:
-        self.requests.append({"path": request.path, "headers": dict(request.headers), "query": dict(request.query),
-                              "body": body, "time": time.monotonic()})
         attempt = self.attempts[key]
         self.attempts[key] += 1
         fault = self._fault(key, attempt)
@@ -153,7 +179,7 @@ class FakeOpenAIServer:
             await asyncio.sleep(self.latency)
         if top > self.max_top_logprobs:
             return _error(400, f"top_logprobs must be at most {self.max_top_logprobs}, got {top}")
-        if fault in ("429", "500", "502", "503", "400", "401", "404"):
+        if fault and fault.isdigit():
             headers = {"Retry-After": self.retry_after} if fault == "429" else None
             return _error(int(fault), f"injected {fault}", headers)
         if fault in ("echo-key", "echo-key-long", "echo-key-401"):
@@ -182,9 +208,8 @@ class FakeOpenAIServer:
         return web.json_response({"id": "x", "object": "chat.completion" if chat else "text_completion",
                                   "model": body.get("model"), "choices": [choice]})
 
-    async def _fixed(self, request: web.Request, chat: bool) -> web.Response:
+    async def _fixed(self, chat: bool) -> web.Response:
         """Benchmark mode: the same 20-token answer to every request, so the server costs little CPU."""
-        await request.read()
         if chat not in self._fixed_bodies:
             entries = distribution("fixed")[:20]
             choice = {"index": 0, "logprobs": _logprobs(entries, entries[0][0], entries[0][1], chat),
@@ -227,9 +252,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency", type=float, default=0.0, help="seconds before each answer")
     parser.add_argument("--fault-rate", type=float, default=0.0)
-    parser.add_argument("--fixed", action="store_true", help="the same answer to every request (cheap; benchmarks)")
+    parser.add_argument("--slow-seconds", type=float, default=3.0, help="how long a 'slow' fault takes to answer")
+    parser.add_argument("--fixed", action="store_true",
+                        help="the same answer to every request without a fault marker (cheap; benchmarks)")
     args = parser.parse_args()
-    server = FakeOpenAIServer(latency=args.latency, fault_rate=args.fault_rate, fixed=args.fixed, port=args.port)
+    server = FakeOpenAIServer(latency=args.latency, fault_rate=args.fault_rate, fixed=args.fixed, port=args.port,
+                              slow_seconds=args.slow_seconds)
 
     async def run() -> None:
         await server._start()

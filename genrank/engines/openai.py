@@ -1,11 +1,24 @@
 """OpenAI-compatible remote driver: many requests in flight, exact label log-probabilities, faults survived.
 
-Requests go out through one ``aiohttp`` session (a bare client costs a fraction of the CPU per
-request of the ``openai`` SDK's, and client CPU decides throughput at scale), configured the way
-the ``openai`` package is configured: ``base_url`` (else ``OPENAI_BASE_URL``), an API key (else
-``GENRANK_API_KEY``, else ``OPENAI_API_KEY``), ``default_headers`` and ``default_query`` for
-gateways and Azure-style deployments. Configuration errors (401, 403, 404) are raised as the
-``openai`` package's exception types.
+Requests go out through one ``aiohttp`` session per event loop (a bare client costs a fraction of
+the CPU per request of the ``openai`` SDK's, and client CPU decides throughput at scale),
+configured the way the ``openai`` package is configured: ``base_url`` (else ``OPENAI_BASE_URL``),
+an API key (else ``GENRANK_API_KEY``, else ``OPENAI_API_KEY``), ``default_headers`` and
+``default_query`` for gateways and Azure-style deployments.
+
+Every call's requests join one queue, started first come, first served while fewer than
+``concurrency`` are in flight (one backing off before a retry does not count): the blocking
+``label_logprobs`` hands them to an event loop on a background thread (started on first use, one
+session for the engine's life), so calls from several threads share the session and a pair in
+retry back-off holds up only itself; ``alabel_logprobs`` runs on the caller's event loop, with
+one session and queue per loop, and cancelling it drops its requests. A 429 or ``Retry-After``
+pauses every request on the queue until the time it names.
+
+Errors that every request shares stop the call instead of failing every pair: 401, 403 and 404,
+and the same rejection (4xx, 501, 505, or an answer without logprobs) for the first requests of
+an engine before any has succeeded. They are raised as the ``openai`` package's exception types.
+Content is data: in chat mode special-token text in a query or document does not become a control
+token on the server (see ``OpenAIEngine``).
 """
 
 from __future__ import annotations
@@ -18,11 +31,15 @@ import numbers
 import os
 import re
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from concurrent.futures import Future
+from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any, Literal
@@ -39,11 +56,23 @@ from .base import LabelLogprobs, grouped_by_query
 
 log = logging.getLogger(__name__)
 
+Content = Literal["data", "verbatim"]
+CONTENT = ("data", "verbatim")
+
 _DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the openai package's default
 _MAX_TOP_LOGPROBS = 20  # OpenAI's and vLLM's (default --max-logprobs) limit
 _FALLBACK_TOP_LOGPROBS = 5  # some hosted APIs allow no more
-_FATAL = {401: openai.AuthenticationError, 403: openai.PermissionDeniedError, 404: openai.NotFoundError}
-_RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+_FATAL = frozenset({401, 403, 404})  # configuration errors: raised at once
+_RETRY_STATUS = frozenset({408, 409, 429}) | (frozenset(range(500, 600)) - {501, 505})  # 501/505: never will
+_STATUS_ERRORS = {400: openai.BadRequestError, 401: openai.AuthenticationError, 403: openai.PermissionDeniedError,
+                  404: openai.NotFoundError, 409: openai.ConflictError, 422: openai.UnprocessableEntityError,
+                  429: openai.RateLimitError}  # the openai package's classes (its _make_status_error)
+# Until a request succeeds, at most this many are in flight, and this many rejected alike stop the
+# run: a handful of pairs that fail on their own (too long, say) rarely come first and all alike,
+# and a misconfigured run (a model that takes no max_tokens) costs this many requests, not millions.
+_SETUP_PROBES = 8
+_BARE_429_PAUSE = 0.5  # seconds every request waits after a 429 that names no time (the first backoff step)
+_MAX_WAIT = 120.0  # the longest Retry-After honoured, seconds
 _TOKEN_ID_PREFIX = "token_id:"  # vLLM's token form with return_tokens_as_token_ids
 
 
@@ -56,26 +85,340 @@ class _Transient(Exception):
 
 
 class _Rejected(Exception):
-    """Retrying will not help: the server refused the request (4xx but 401/403/404) or gave no logprobs."""
+    """Retrying will not help: the server refused the request (4xx but 401/403/404, 501, 505) or gave no logprobs.
+
+    ``status`` is None for an answer without logprobs; ``text`` is the server's body (redacted),
+    ``where`` the endpoint as messages show it.
+    """
+
+    def __init__(self, reason: str, status: int | None = None, text: str = "", where: str | None = None):
+        super().__init__(reason)
+        self.status, self.text, self.where = status, text, where
 
 
 class _RateLimiter:
     """Spaces requests so at most ``rate`` units start per ``period`` seconds, with no burst.
 
-    A reservation schedule (each acquisition books the next free slot) rather than a bucket: it
-    holds only a timestamp, so it keeps its pace across the event loops of successive calls.
+    A reservation schedule (each acquisition books the next free slot) rather than a bucket such
+    as aiolimiter's ``AsyncLimiter``, which lets a whole period's budget go at once (a minute of
+    tokens in one burst, what hosted APIs answer with 429s), belongs to one event loop and refuses
+    a request larger than the budget. This holds only a timestamp, so one pace holds across the
+    engine's event loops (the background one and callers'); a request larger than ``rate``
+    books a whole period.
     """
 
     def __init__(self, rate: float, period: float):
         self.rate, self.interval = rate, period / rate
         self._next = 0.0
+        self._lock = threading.Lock()
 
     async def acquire(self, amount: float = 1.0) -> None:
-        now = time.monotonic()
-        start = max(self._next, now)
-        self._next = start + min(amount, self.rate) * self.interval
+        with self._lock:
+            now = time.monotonic()
+            start = max(self._next, now)
+            self._next = start + min(amount, self.rate) * self.interval
         if start > now:
             await asyncio.sleep(start - now)
+
+
+class _Health:
+    """Whether any request has succeeded yet, and how many first requests were rejected alike."""
+
+    def __init__(self) -> None:
+        self.succeeded = False
+        self._lock = threading.Lock()
+        self._last: tuple[int | None, str] | None = None
+        self._alike = 0
+
+    def rejected(self, e: _Rejected) -> int:
+        """Record a rejection; the number of rejections like it in a row before any success (0 after one)."""
+        if self.succeeded:
+            return 0
+        with self._lock:
+            key = (e.status, str(e))
+            self._alike = self._alike + 1 if key == self._last else 1
+            self._last = key
+            return self._alike
+
+
+class _Job:
+    """One call's requests on a queue: the prompt indices still to send, those in flight, and the outcome."""
+
+    def __init__(self, order: list[int], fetch: Callable[[int, _Slot], Awaitable[None]]):
+        self._pending = iter(order)
+        self.fetch = fetch  # sends prompt i (in its slot) and records its result or error
+        self.remaining = len(order)
+        self.running: set[asyncio.Task] = set()
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def next_index(self) -> int | None:
+        """The next prompt to send; None when all are sent or the call is over (done, failed or cancelled)."""
+        return None if self.done.done() else next(self._pending, None)
+
+    def finished_one(self) -> None:
+        self.remaining -= 1
+        if not self.remaining and not self.done.done():
+            self.done.set_result(None)
+
+    def fail(self, error: BaseException) -> None:
+        """End the call with ``error``: its queued requests are dropped and those in flight cancelled."""
+        if not self.done.done():
+            self.done.set_exception(error)
+        current = asyncio.current_task()
+        for task in self.running:
+            if task is not current:
+                task.cancel()
+
+    async def stop(self) -> None:
+        """Cancel the requests in flight and wait until they have ended."""
+        tasks = list(self.running)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class _Slot:
+    """One request's place among the ``concurrency`` in flight: held while it is sent, let go while it backs off."""
+
+    def __init__(self, slots: asyncio.Semaphore):
+        self._slots, self._held = slots, True  # acquired for it by the queue
+
+    async def sleep(self, seconds: float) -> None:
+        """Back off without holding a place, then take one again (tenacity's ``sleep``)."""
+        self.release()
+        await asyncio.sleep(seconds)
+        await self._slots.acquire()
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._slots.release()
+
+
+class _Queue:
+    """One event loop's session and request queue, kept for the loop's life.
+
+    Calls' requests are started first come, first served, while fewer than ``concurrency`` are in
+    flight (a request backing off before a retry does not count). A 429 or a ``Retry-After``
+    pauses every request until the time it names. Until a request has succeeded, at most
+    ``_SETUP_PROBES`` are in flight. The queue ends, and its session closes, on ``aclose``, on
+    ``stop_threadsafe`` or when the loop cancels its tasks at its end (``asyncio.run`` does).
+    """
+
+    def __init__(self, concurrency: int, session: Callable[[], aiohttp.ClientSession], health: _Health):
+        self.loop = asyncio.get_running_loop()
+        self.session = session()
+        self.health = health
+        self.paused_until = 0.0  # loop time
+        self._slots = asyncio.Semaphore(concurrency)
+        self._jobs: deque[_Job] = deque()  # calls with requests still to start, oldest first
+        self._active: set[_Job] = set()  # calls not yet returned
+        self._arrived = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._probes = 0
+        self._probe_ended = asyncio.Event()
+        self._task = self.loop.create_task(self._serve())
+
+    @property
+    def closing(self) -> bool:
+        return self._stopping.is_set() or self._task.done()
+
+    async def run(self, job: _Job) -> None:
+        """Send ``job``'s requests and wait for them; cancelling the caller cancels them."""
+        if self.closing:
+            raise RuntimeError("the engine's request queue is closed")
+        self._active.add(job)
+        self._jobs.append(job)
+        self._arrived.set()
+        try:
+            await job.done
+        except BaseException:
+            await job.stop()  # cancelled tasks are awaited before the caller goes on
+            raise
+        finally:
+            self._active.discard(job)
+
+    def fail_all(self, error: BaseException) -> None:
+        """End every call on this queue with ``error`` (one that every request shares)."""
+        for job in list(self._active):
+            job.fail(error)
+
+    def pause(self, seconds: float) -> None:
+        """No request is sent for ``seconds`` from now (the server asked for a break)."""
+        self.paused_until = max(self.paused_until, self.loop.time() + min(seconds, _MAX_WAIT))
+
+    async def wait_if_paused(self) -> None:
+        while (delay := self.paused_until - self.loop.time()) > 0:
+            await asyncio.sleep(delay)
+
+    async def aclose(self) -> None:
+        self._stopping.set()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    def stop_threadsafe(self) -> None:
+        """Ask the queue to close from any thread (a no-op once its loop has closed)."""
+        try:
+            self.loop.call_soon_threadsafe(self._stopping.set)
+        except RuntimeError:
+            pass
+
+    async def _serve(self) -> None:
+        starter = self.loop.create_task(self._start_requests())
+        try:
+            await self._stopping.wait()
+        finally:
+            self._stopping.set()
+            running = [task for job in self._active for task in job.running]
+            self.fail_all(RuntimeError("the engine was closed while this call was running"))
+            starter.cancel()
+            try:  # cancelled tasks end before the session closes
+                await asyncio.gather(starter, *running, return_exceptions=True)
+            finally:  # even if the loop cancels this task again as it ends (asyncio.run does)
+                await self.session.close()
+
+    async def _start_requests(self) -> None:
+        while True:
+            job, i = await self._take()
+            await self._slots.acquire()
+            probing = await self._admit()
+            if job.done.done():  # failed or cancelled meanwhile
+                self._slots.release()
+                self._end_probe(probing)
+                continue
+            task = self.loop.create_task(self._run(job, i, _Slot(self._slots), probing))
+            job.running.add(task)
+            task.add_done_callback(job.running.discard)
+
+    async def _take(self) -> tuple[_Job, int]:
+        while True:
+            while self._jobs:
+                i = self._jobs[0].next_index()
+                if i is not None:
+                    return self._jobs[0], i
+                self._jobs.popleft()
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    async def _admit(self) -> bool:
+        """Wait for a place among the first requests while none has succeeded; True if this is one of them."""
+        while not self.health.succeeded and self._probes >= _SETUP_PROBES:
+            self._probe_ended.clear()
+            await self._probe_ended.wait()
+        if self.health.succeeded:
+            return False
+        self._probes += 1
+        return True
+
+    def _end_probe(self, probing: bool) -> None:
+        if probing:
+            self._probes -= 1
+            self._probe_ended.set()
+
+    async def _run(self, job: _Job, i: int, slot: _Slot, probing: bool) -> None:
+        try:
+            await job.fetch(i, slot)
+        except asyncio.CancelledError:
+            raise
+        except openai.OpenAIError as e:  # shared by every request (401/403/404, a setup error)
+            self.fail_all(e)
+        except Exception as e:  # noqa: BLE001 -- anything else ends this call, raised to its caller
+            job.fail(e)
+        else:
+            job.finished_one()
+        finally:
+            slot.release()
+            self._end_probe(probing)
+
+
+class _Progress:
+    """One progress bar for all the calls in flight on an engine: pairs/s and failures so far."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._bar: tqdm | None = None
+        self._calls = self._failed = 0
+
+    @contextmanager
+    def call(self, n: int, show: bool) -> Iterator[_Progress]:
+        """Add a call of ``n`` prompts to the bar (shown if ``show``) while it runs."""
+        with self._lock:
+            if show and self._bar is None:
+                self._bar, self._failed = tqdm(total=0, unit="pair", desc="genrank"), 0
+            if self._bar is not None:
+                self._bar.total += n
+                self._bar.refresh()
+            self._calls += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._calls -= 1
+                if not self._calls and self._bar is not None:
+                    self._bar.close()
+                    self._bar = None
+
+    def done(self) -> None:
+        if self._bar is not None:
+            self._bar.update()
+
+    def failed(self) -> None:
+        if self._bar is not None:
+            self._failed += 1
+            self._bar.set_postfix(failed=self._failed, refresh=False)
+
+
+class _Background:
+    """The event loop thread behind the blocking ``label_logprobs``: started on first use, ended by ``stop``.
+
+    A daemon thread, so it never holds up interpreter exit; the engine's finalizer stops it at
+    exit (``weakref.finalize`` runs at exit), which closes its session cleanly.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+
+    def submit(self, coro: Awaitable[Any]) -> Future:
+        with self._lock:
+            if self.thread is None or not self.thread.is_alive():
+                self._start()
+            return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def _start(self) -> None:
+        ready = threading.Event()
+
+        async def main() -> None:
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            ready.set()
+            await self._stop.wait()  # then asyncio.run cancels the queue's tasks, which close its session
+
+        self.thread = threading.Thread(target=asyncio.run, args=(main(),), name="genrank-openai", daemon=True)
+        self.thread.start()
+        ready.wait()
+
+    def stop(self) -> None:
+        with self._lock:
+            thread, loop, stop = self.thread, self._loop, self._stop
+            self.thread = self._loop = self._stop = None
+        if thread is None:
+            return
+        try:
+            loop.call_soon_threadsafe(stop.set)
+        except RuntimeError:  # its loop has already closed
+            return
+        if threading.current_thread() is not thread:
+            thread.join(30)
+
+
+def _close_all(background: _Background, queues: dict[asyncio.AbstractEventLoop, _Queue]) -> None:
+    """Close an engine's queues and background thread (its finalizer: it must not hold the engine)."""
+    for queue in list(queues.values()):
+        queue.stop_threadsafe()
+    queues.clear()
+    background.stop()
 
 
 class OpenAIEngine:
@@ -88,10 +431,27 @@ class OpenAIEngine:
     label is ever missing; elsewhere it asks for the top ``top_logprobs`` tokens (20, or 5 where
     the server allows no more) and labels outside them get probability 0 (see ``label_mass``).
 
-    Up to ``concurrency`` requests are in flight. 429, 5xx, timeouts, dropped connections and
-    malformed responses are retried up to ``max_retries`` times with exponential backoff and
-    jitter, honouring ``Retry-After``; a pair that still fails, or whose answer has no logprobs, is
-    reported in ``LabelLogprobs.errors`` and the rest complete. 401, 403 and 404 raise at once.
+    Content is data (``content="data"``, the default): a query or document holding special-token
+    text such as ``<|im_end|>`` never becomes a control token on the server. Completions mode sends
+    genrank's token ids, content encoded as text. In chat mode with a ``tokenizer``, a vLLM server
+    gets genrank's token ids too (on ``/completions``: rendered with the tokenizer's chat
+    template, not a ``--chat-template`` the server may have been started with); other servers get
+    the messages with a word joiner (U+2060) after the first character of each special-token
+    string, so the server reads it as text; the model then sees a slightly changed string, and
+    those pairs are reported in ``ScoredPairs.altered``. Without a tokenizer nothing is known of
+    the model's special tokens: content goes as it is, and the server may read such text as
+    control tokens (logged once). ``content="verbatim"`` sends chat content unchanged.
+
+    Up to ``concurrency`` requests are in flight, shared by every call on the engine (a request
+    backing off before a retry does not count); calls are thread-safe, and the Reranker's
+    ``score_stream`` keeps ``max_calls_in_flight`` of them going, so a slow pair does not stall
+    the chunks after it. 429, 5xx (but 501 and 505), timeouts, dropped connections and malformed
+    responses are retried up to ``max_retries`` times with exponential backoff and jitter; a
+    ``Retry-After`` (or a 429) pauses every request until the time it names. A pair that still
+    fails, or that the server rejects, is reported in ``LabelLogprobs.errors`` and the rest
+    complete. 401, 403 and 404 raise at once, and so does a rejection that the first 8 requests
+    all got before any succeeded (a setup error, e.g. a model that takes no ``max_tokens``):
+    both as the ``openai`` package's exception for the status, ending every call in flight.
 
     A template with an assistant prefix (e.g. qwen3-reranker) in chat mode sends the prefix as
     a final assistant message for the server to continue (vLLM's ``continue_final_message``);
@@ -101,21 +461,33 @@ class OpenAIEngine:
     default) lets genrank truncate prompts to ``max_length``; without one, chat prompts go whole.
     ``requests_per_second`` and ``tokens_per_minute`` pace requests on the client (tokens are
     counted with the tokenizer, else estimated at 4 characters a token). ``show_progress``
-    (default: when stderr is a terminal) shows a bar with pairs/s and failures so far.
+    (default: when stderr is a terminal) shows one bar for the calls in flight, with pairs/s and
+    failures so far.
+
+    ``close()`` (or ``with engine:``) ends the background thread and sessions now; ``aclose()``
+    (or ``async with engine:``) also closes the running loop's session. Otherwise they end when
+    the engine is garbage-collected, when their event loop ends, or at interpreter exit.
     """
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
-                 mode: Literal["chat", "completions"] = "chat", concurrency: int = 64, timeout: float = 60.0,
-                 max_retries: int = 6, top_logprobs: int | None = None,
-                 label_token_ids: bool | Literal["auto"] = "auto", tokenizer: Any | None = None,
-                 requests_per_second: float | None = None, tokens_per_minute: float | None = None,
-                 default_headers: Mapping[str, str] | None = None,
+                 mode: Literal["chat", "completions"] = "chat", content: Content = "data", concurrency: int = 64,
+                 max_calls_in_flight: int = 8, timeout: float = 60.0, max_retries: int = 6,
+                 top_logprobs: int | None = None, label_token_ids: bool | Literal["auto"] = "auto",
+                 tokenizer: Any | None = None, requests_per_second: float | None = None,
+                 tokens_per_minute: float | None = None, default_headers: Mapping[str, str] | None = None,
                  default_query: Mapping[str, str | int | float] | None = None,
                  show_progress: bool | None = None, trust_remote_code: bool = False):
         if mode not in ("chat", "completions"):
             raise ValueError(f"mode must be 'chat' or 'completions', got {mode!r}")
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
+        if content not in CONTENT:
+            raise ValueError(f"content must be 'data' (special-token text in a query or document is never read as "
+                             f"a control token) or 'verbatim' (chat content sent unchanged), got {content!r}")
+        if content == "verbatim" and mode == "completions":
+            raise ValueError("content='verbatim' is for chat mode; completions mode sends genrank's token ids, "
+                             "where content is always data")
+        for name, value in (("concurrency", concurrency), ("max_calls_in_flight", max_calls_in_flight)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not _positive(timeout):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         for name, rate in (("requests_per_second", requests_per_second), ("tokens_per_minute", tokens_per_minute)):
@@ -129,9 +501,11 @@ class OpenAIEngine:
             raise ValueError(f"label_token_ids must be 'auto', True or False, got {label_token_ids!r}")
         self.model = model
         self.mode = mode
+        self.content = content
         self.prompt_format: Literal["tokens", "chat"] = "chat" if mode == "chat" else "tokens"
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or _DEFAULT_BASE_URL).rstrip("/")
         self.concurrency = concurrency
+        self.max_calls_in_flight = max_calls_in_flight
         self.timeout = float(timeout)
         self.max_retries = max_retries
         self.label_token_ids = label_token_ids
@@ -139,9 +513,10 @@ class OpenAIEngine:
         self._api_key = api_key or os.environ.get("GENRANK_API_KEY") or os.environ.get("OPENAI_API_KEY")
         if self._api_key and URL(self.base_url).user is not None:  # aiohttp allows one kind of credentials
             raise ValueError("base_url holds a user name and there is an API key; give one or the other")
-        self._headers = {"Content-Type": "application/json", **(default_headers or {})}
+        headers = {"Content-Type": "application/json", **(default_headers or {})}
         if self._api_key:
-            self._headers["Authorization"] = f"Bearer {self._api_key}"
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        self._new_session = partial(_session, headers, concurrency, self.timeout)  # holds no reference to self
         self._query = {k: str(v) for k, v in (default_query or {}).items()}
         self._proxy = _environment_proxy(self.base_url)
         self._top_logprobs = top_logprobs or _MAX_TOP_LOGPROBS
@@ -151,11 +526,22 @@ class OpenAIEngine:
         self._tokenizer = _load_tokenizer(tokenizer or (model if mode == "completions" else None), trust_remote_code)
         self._server: str | None = None  # "vllm" when the server can return chosen tokens' logprobs, else "other"
         self._label_ids: dict[tuple[str, ...], tuple[int, ...] | None] = {}
-        self._warned_untruncated = False
+        self._warned_no_tokenizer = False
+        self._health = _Health()
+        self._lock = threading.Lock()
+        self._queues: dict[asyncio.AbstractEventLoop, _Queue] = {}
+        self._background = _Background()
+        self._progress = _Progress()
+        weakref.finalize(self, _close_all, self._background, self._queues)
 
     @property
     def tokenizer(self) -> Any | None:
         return self._tokenizer
+
+    @property
+    def model_name(self) -> str:
+        """The model's name, as sent to the server."""
+        return self.model
 
     def __repr__(self) -> str:  # never shows the API key or a password in base_url
         return (f"OpenAIEngine(model={self.model!r}, base_url={_shown(URL(self.base_url))!r}, mode={self.mode!r}, "
@@ -164,65 +550,105 @@ class OpenAIEngine:
     # -- public API --------------------------------------------------------------------------
 
     def label_logprobs(self, prompts: Prompts, labels: Labels) -> LabelLogprobs:
-        """Blocking call; inside a running event loop (Jupyter) it runs on a worker thread."""
+        """Blocking, thread-safe: runs on the engine's background event loop (works inside a running loop too)."""
+        if threading.current_thread() is self._background.thread:
+            raise RuntimeError("label_logprobs was called from the engine's own event loop; await alabel_logprobs")
+        future = self._background.submit(self.alabel_logprobs(prompts, labels))
         try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self.alabel_logprobs(prompts, labels))
-        with ThreadPoolExecutor(1, thread_name_prefix="genrank-openai") as pool:
-            return pool.submit(asyncio.run, self.alabel_logprobs(prompts, labels)).result()
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt: drop this call's requests
+            raise
 
     async def alabel_logprobs(self, prompts: Prompts, labels: Labels) -> LabelLogprobs:
-        """The label log-probabilities of every prompt, one request each, in input order."""
+        """The label log-probabilities of every prompt, one request each, in input order.
+
+        Runs on the caller's event loop; cancelling the caller drops its queued requests and
+        cancels those in flight.
+        """
         n = len(prompts)
         values = np.full((n, len(labels.texts)), -np.inf)
         errors: dict[int, str] = {}
-        if self.mode == "chat" and prompts.texts is None and not self._warned_untruncated:
-            log.warning("no tokenizer for %r: prompts are sent whole, not truncated to max_length "
-                        "(pass tokenizer=... to truncate)", self.model)
-            self._warned_untruncated = True
-        connector = aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=300)
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
-        async with aiohttp.ClientSession(headers=self._headers, connector=connector, timeout=timeout) as session:
-            if self._server is None:
-                self._server = await self._detect_server(session)
-            request, ids = await self._request_builder(session, prompts, labels)
-            extract = _extractor(labels, ids)
-            show = self.show_progress if self.show_progress is not None else sys.stderr.isatty()
-            with tqdm(total=n, unit="pair", disable=not show, desc="genrank") as bar:
-                pending = iter(grouped_by_query(prompts))  # a server's prefix cache reuses each query's prefix
+        if not n:
+            return LabelLogprobs(values)
+        queue = self._queue()
+        if self._server is None:
+            self._server = await self._detect_server(queue.session)
+        request, ids, altered = await self._request_builder(queue.session, prompts, labels)
+        extract = _extractor(labels, ids)
+        show = self.show_progress if self.show_progress is not None else sys.stderr.isatty()
+        with self._progress.call(n, show) as progress:
 
-                async def worker() -> None:
-                    for i in pending:
-                        try:
-                            values[i] = await self._post_with_retries(session, partial(request, i), extract)
-                        except (_Transient, _Rejected) as e:
-                            errors[i] = _redact(str(e), self._api_key)
-                            bar.set_postfix(failed=len(errors), refresh=False)
-                        bar.update()
-
-                workers = [asyncio.ensure_future(worker()) for _ in range(min(self.concurrency, n))]
+            async def fetch(i: int, slot: _Slot) -> None:
                 try:
-                    await asyncio.gather(*workers)
-                except BaseException:  # a 401/403/404 ends the call: stop the other requests now
-                    for task in workers:
-                        task.cancel()
-                    raise
+                    values[i] = await self._post_with_retries(queue, slot, partial(request, i), extract)
+                except (_Transient, _Rejected) as e:
+                    errors[i] = _redact(str(e), self._api_key)
+                    progress.failed()
+                progress.done()
+
+            # grouped by query: a server's prefix cache reuses each query's prefix
+            await queue.run(_Job(grouped_by_query(prompts), fetch))
         if errors:
             log.warning("%d of %d requests failed; first: %s", len(errors), n, errors[min(errors)])
-        return LabelLogprobs(values, errors)
+        return LabelLogprobs(values, errors, altered)
+
+    def close(self) -> None:
+        """End the background thread and close the sessions (those of other event loops at their next turn)."""
+        _close_all(self._background, self._queues)
+
+    async def aclose(self) -> None:
+        """``close``, awaiting the running event loop's session."""
+        queue = self._queues.pop(asyncio.get_running_loop(), None)
+        if queue is not None:
+            await queue.aclose()
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> OpenAIEngine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> OpenAIEngine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _queue(self) -> _Queue:
+        """The running event loop's queue, made on first use."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            queue = self._queues.get(loop)
+            if queue is None or queue.closing:
+                for old in [lp for lp in self._queues if lp.is_closed()]:
+                    del self._queues[old]
+                queue = self._queues[loop] = _Queue(self.concurrency, self._new_session, self._health)
+        return queue
 
     # -- requests ----------------------------------------------------------------------------
 
     async def _request_builder(self, session: aiohttp.ClientSession, prompts: Prompts, labels: Labels):
-        """A function from prompt index to (endpoint, JSON body, token estimate, top logprobs asked), and the ids.
+        """A function from prompt index to (endpoint, JSON body, token estimate, top logprobs asked), the ids
+        and the indices of prompts whose content is sent changed.
 
         The ids are the label token ids asked for, None where the top log-probs are read.
         """
         ids = await self._resolve_label_ids(session, labels)
-        if self.mode == "chat":
+        altered: set[int] = set()
+        if self.mode == "chat" and not self._sends_token_ids(prompts):
             url, extra = self._url("chat/completions"), {"logprobs": True}
-            chats = prompts.chats()
+            neutralise = self.content == "data"
+            if prompts.special_tokens is None and not self._warned_no_tokenizer:
+                log.warning("no tokenizer for %r: prompts are sent whole, not truncated to max_length, and "
+                            "special-token text in a query or document (e.g. '<|im_end|>') reaches the server's "
+                            "chat template as it is, where it may be read as control tokens (pass tokenizer=...)",
+                            self.model)
+                self._warned_no_tokenizer = True
+            chats = prompts.chats(neutralise=neutralise)
+            if neutralise:
+                altered = prompts.holding_special_tokens()
             prefix = prompts.template.assistant_prefix
             if prefix:
                 if self._server != "vllm":
@@ -233,15 +659,15 @@ class OpenAIEngine:
                 chats = [c + [{"role": "assistant", "content": prefix}] for c in chats]
                 extra.update(continue_final_message=True, add_generation_prompt=False)
             payloads: list[Any] = chats
-            field, top_field = "messages", "top_logprobs"
+            field, top_field, completions = "messages", "top_logprobs", False
         else:
             if prompts.token_ids is None:
                 raise ValueError("completions mode needs the model's tokenizer (tokenizer=...)")
             url, extra = self._url("completions"), {}
-            payloads, field, top_field = prompts.token_ids, "prompt", "logprobs"
+            payloads, field, top_field, completions = prompts.token_ids, "prompt", "logprobs", True
         if ids is not None:  # vLLM: exactly the label tokens, named by id
             extra.update(logprob_token_ids=list(ids), return_tokens_as_token_ids=True)
-            if self.mode == "completions":
+            if completions:
                 extra["logprobs"] = 1  # must be set with logprob_token_ids; the ids take precedence
         head = {"model": self.model, "max_tokens": 1, "temperature": 0.0, **extra}
         lengths = (list(map(len, prompts.token_ids)) if prompts.token_ids is not None
@@ -254,32 +680,51 @@ class OpenAIEngine:
                 top = body[top_field] = self._top_logprobs
             return url, json.dumps(body).encode(), lengths[i] + 1, top
 
-        return request, ids
+        return request, ids, altered
 
-    async def _post_with_retries(self, session: aiohttp.ClientSession, request: Callable[[], tuple[URL, bytes, int, int | None]],
+    def _sends_token_ids(self, prompts: Prompts) -> bool:
+        """Chat mode on a vLLM server with the tokenizer known: genrank's token ids go to /completions."""
+        return self.content == "data" and prompts.token_ids is not None and self._server == "vllm"
+
+    async def _post_with_retries(self, queue: _Queue, slot: _Slot,
+                                 request: Callable[[], tuple[URL, bytes, int, int | None]],
                                  extract: Callable[[dict], list[float]]) -> list[float]:
-        """One prompt's label log-probs, retrying transient failures."""
-        retrying = AsyncRetrying(stop=stop_after_attempt(self.max_retries + 1), wait=_wait,
+        """One prompt's label log-probs, retrying transient failures.
+
+        A rejection that the first ``_SETUP_PROBES`` requests all got, before any succeeded, is
+        raised as the openai package's error: every other request would get it too.
+        """
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.max_retries + 1), wait=_wait, sleep=slot.sleep,
                                  retry=retry_if_exception_type(_Transient), reraise=True)
         attempts = 0
         try:
             async for attempt in retrying:
                 with attempt:
                     attempts += 1
-                    return extract(await self._post(session, request))
+                    values = extract(await self._post(queue, request))
+                    self._health.succeeded = True
+                    return values
         except _Transient as e:
             raise _Transient(f"{e} (gave up after {attempts} attempts)") from None
+        except _Rejected as e:
+            alike = self._health.rejected(e)
+            if alike >= _SETUP_PROBES:
+                raise _status_error(e.status or 200, e.where or _shown(URL(self.base_url)), e.text,
+                                    f"{e} (the first {alike} requests were all rejected like this and none "
+                                    "succeeded: a setup error that every request shares, so the run stops; "
+                                    "check the model, the endpoint and the engine options)") from None
+            raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _post(self, session: aiohttp.ClientSession,
-                    request: Callable[[], tuple[URL, bytes, int, int | None]]) -> dict:
+    async def _post(self, queue: _Queue, request: Callable[[], tuple[URL, bytes, int, int | None]]) -> dict:
         url, body, tokens, top = request()
+        await queue.wait_if_paused()
         if self._rps is not None:
             await self._rps.acquire()
         if self._tpm is not None:
             await self._tpm.acquire(tokens)
         try:
-            async with session.post(url, data=body, proxy=self._proxy) as resp:
+            async with queue.session.post(url, data=body, proxy=self._proxy) as resp:
                 raw = await resp.read()
                 status = resp.status
                 retry_after = _retry_after(resp.headers) if status in _RETRY_STATUS else None
@@ -293,13 +738,15 @@ class OpenAIEngine:
             except ValueError:
                 text = _redact(raw.decode("utf-8", "replace"), self._api_key)
                 raise _Transient(f"malformed JSON in response: {text[:80]!r}") from None
+        if retry_after is not None or status == 429:  # the server is busy for every request, not just this one
+            queue.pause(retry_after if retry_after is not None else _BARE_429_PAUSE)
         error = self._http_error(status, url, raw, retry_after)
         if status == 400 and self._top_logprobs_auto and (top or 0) > _FALLBACK_TOP_LOGPROBS \
                 and "logprobs" in _server_message(raw.decode("utf-8", "replace")).lower():
             if self._top_logprobs > _FALLBACK_TOP_LOGPROBS:
                 log.warning("server refused top_logprobs=%d (%s); asking for %d", top, error, _FALLBACK_TOP_LOGPROBS)
                 self._top_logprobs = _FALLBACK_TOP_LOGPROBS
-            return await self._post(session, request)  # at once, not counted as a retry: nothing failed
+            return await self._post(queue, request)  # at once, not counted as a retry: nothing failed
         raise error
 
     def _http_error(self, status: int, url: URL, raw: bytes, retry_after: float | None = None) -> Exception:
@@ -313,7 +760,7 @@ class OpenAIEngine:
         reason = f"HTTP {status} from {where}: {_server_message(text)}"
         if status in _FATAL:
             return _status_error(status, where, text, reason)
-        return _Transient(reason, retry_after) if status in _RETRY_STATUS else _Rejected(reason)
+        return _Transient(reason, retry_after) if status in _RETRY_STATUS else _Rejected(reason, status, text, where)
 
     # -- server capabilities -----------------------------------------------------------------
 
@@ -432,7 +879,7 @@ def _wait(state) -> float:
     exc = state.outcome.exception() if state.outcome is not None else None
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
-        return min(retry_after, 120.0)
+        return min(retry_after, _MAX_WAIT)
     return _backoff(state)
 
 
@@ -471,8 +918,11 @@ def _server_message(text: str) -> str:
     return text[:200] or "(empty body)"
 
 
-def _status_error(status: int, url: str, text: str, reason: str) -> openai.APIStatusError:
-    """The openai package's exception for ``status`` (it wants the HTTP library's request/response objects)."""
+def _status_error(status: int, url: str, text: str, reason: str) -> openai.APIError:
+    """The openai package's exception for ``status`` (it wants the HTTP library's request/response objects).
+
+    200 (an answer without what was asked for) gives ``APIResponseValidationError``.
+    """
     # openai builds its errors from its own HTTP library's Response (httpx, httpx2 in openai 3.x):
     # openai/_exceptions.py APIStatusError(message, *, response, body); take the module it uses.
     from openai import _exceptions
@@ -485,7 +935,16 @@ def _status_error(status: int, url: str, text: str, reason: str) -> openai.APISt
         body = None
     if isinstance(body, dict):
         body = body.get("error", body)
-    return _FATAL[status](reason, response=response, body=body)
+    if status == 200:
+        return openai.APIResponseValidationError(response, body, message=reason)
+    cls = _STATUS_ERRORS.get(status) or (openai.InternalServerError if status >= 500 else openai.APIStatusError)
+    return cls(reason, response=response, body=body)
+
+
+def _session(headers: Mapping[str, str], concurrency: int, timeout: float) -> aiohttp.ClientSession:
+    """A session for the running event loop: ``concurrency`` connections, ``timeout`` seconds a request."""
+    return aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=300),
+                                 timeout=aiohttp.ClientTimeout(total=timeout))
 
 
 def _redact(text: str, secret: str | None) -> str:
