@@ -166,7 +166,8 @@ class Reranker:
         """Scores, label mass, truncation and per-pair errors, in input order; never raises for one pair.
 
         Pairs go through in chunks of ``chunk_size``; the next chunk's prompts are built while the
-        engine scores the current one. ``max_document_tokens`` cuts each document to that many
+        engine scores the current one (a remote engine gets several chunks at once, see
+        ``score_stream``). ``max_document_tokens`` cuts each document to that many
         tokens first (Cohere's ``max_tokens_per_doc``).
         """
         queries, documents = split_pairs(pairs)
@@ -174,11 +175,14 @@ class Reranker:
         options = self._options(long_documents, max_document_tokens)
         spans = [slice(start, start + self.chunk_size) for start in range(0, len(queries), self.chunk_size)]
         parts = []
+
+        def build(span: slice) -> Prompts:
+            return self.builder.build(queries[span], documents[span], instructions[span], **options)
+
         with tqdm(total=len(queries), unit="pair", disable=not self.show_progress) as bar:
-            for prompts in prefetch(lambda s: self.builder.build(queries[s], documents[s], instructions[s], **options),
-                                    spans):
-                parts.append(self.score_prompts(prompts))
-                bar.update(prompts.pairs)
+            for pairs, result in self.score_stream((p.pairs, p) for p in prefetch(build, spans)):
+                parts.append(result)
+                bar.update(pairs)
         return _concat(parts) if parts else self.score_logprobs(self.builder.build([], []), _no_logprobs(self))
 
     def prepare(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None, *,
