@@ -31,6 +31,13 @@ SEED_DOCUMENTS = [
 ]
 
 
+def ranked_with_details(reranker, query: str, texts: list[str], top_k: int | None = None) -> list[dict]:
+    """``Reranker.rank`` rows, best first, each with its text's relevance and label mass (what adapters report)."""
+    details = reranker.score_details([(query, t) for t in texts])
+    return [{**row, "relevance": details.relevance[row["corpus_id"]], "mass": details.label_mass[row["corpus_id"]]}
+            for row in reranker.rank(query, texts, top_k=top_k)]
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Path of the tiny Qwen2 model directory (config, safetensors, tokenizer, chat template)."""

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SEED_DOCUMENTS, SEED_QUERY
+from conftest import SEED_DOCUMENTS, SEED_QUERY, ranked_with_details
 from haystack import Document, Pipeline
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
@@ -35,13 +35,6 @@ def documents() -> list[Document]:
             for n, text in enumerate(SEED_DOCUMENTS)]
 
 
-def expected(reranker: Reranker, query: str, texts: list[str], top_k=None) -> list[dict]:
-    """``Reranker.rank`` plus each text's relevance and label mass, best first."""
-    details = reranker.score_details([(query, t) for t in texts])
-    return [{**row, "relevance": details.relevance[row["corpus_id"]], "mass": details.label_mass[row["corpus_id"]]}
-            for row in reranker.rank(query, texts, top_k=top_k)]
-
-
 def check(result: list[Document], given: list[Document], want: list[dict]) -> None:
     assert [d.id for d in result] == [given[w["corpus_id"]].id for w in want]
     for doc, w in zip(result, want, strict=True):
@@ -56,7 +49,7 @@ def check(result: list[Document], given: list[Document], want: list[dict]) -> No
 def test_run_is_reranker_rank_with_relevance_scores(ranker, reranker):
     given = documents()
     result = ranker.run(SEED_QUERY, given, top_k=3)["documents"]
-    check(result, given, expected(reranker, SEED_QUERY, SEED_DOCUMENTS, top_k=3))
+    check(result, given, ranked_with_details(reranker, SEED_QUERY, SEED_DOCUMENTS, top_k=3))
     assert given == documents()  # the caller's documents are unchanged
     assert len(ranker.run(SEED_QUERY, given)["documents"]) == 6  # top_k=10 by default, past the end
 
@@ -66,7 +59,7 @@ def test_meta_fields_to_embed_and_score_threshold(tiny_model_dir, reranker):
                            embedding_separator=" | ")
     ranker.reranker = reranker  # the same model, already loaded
     given = documents()
-    want = expected(reranker, SEED_QUERY, [f"Book {n} | {text}" for n, text in enumerate(SEED_DOCUMENTS)])
+    want = ranked_with_details(reranker, SEED_QUERY, [f"Book {n} | {text}" for n, text in enumerate(SEED_DOCUMENTS)])
     check(ranker.run(SEED_QUERY, given)["documents"], given, want)
     threshold = (want[1]["relevance"] + want[2]["relevance"]) / 2
     check(ranker.run(SEED_QUERY, given, score_threshold=threshold)["documents"], given, want[:2])
@@ -79,7 +72,7 @@ def test_empty_list_duplicates_and_empty_content(ranker, reranker):
     empty = Document(id="empty", content=None, meta={"kind": "image"})
     result = ranker.run(SEED_QUERY, [low, empty, high])["documents"]
     # deduplicated by id, keeping the higher-scored one (as Haystack's rankers do); no content scores as ""
-    check(result, [high, empty], expected(reranker, SEED_QUERY, [SEED_DOCUMENTS[0], ""]))
+    check(result, [high, empty], ranked_with_details(reranker, SEED_QUERY, [SEED_DOCUMENTS[0], ""]))
 
 
 def test_run_async_equals_run(ranker):
@@ -102,7 +95,7 @@ def test_pipeline_end_to_end_and_yaml_round_trip(tiny_model_dir, reranker):
     retriever = InMemoryBM25Retriever(document_store=store, top_k=6)
     candidates = [d.content for d in retriever.run(query=SEED_QUERY)["documents"]]  # those sharing a word
     assert len(candidates) > 3
-    want = [candidates[w["corpus_id"]] for w in expected(reranker, SEED_QUERY, candidates, top_k=3)]
+    want = [candidates[w["corpus_id"]] for w in ranked_with_details(reranker, SEED_QUERY, candidates, top_k=3)]
     pipe = Pipeline()
     pipe.add_component("retriever", retriever)
     pipe.add_component("ranker", GenrankRanker(str(tiny_model_dir), engine="hf", engine_options=ENGINE, top_k=3))

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import SEED_DOCUMENTS, SEED_QUERY
+from conftest import SEED_DOCUMENTS, SEED_QUERY, ranked_with_details
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_core.documents import Document
 from langchain_core.embeddings import DeterministicFakeEmbedding
@@ -26,13 +26,6 @@ def documents() -> list[Document]:
             for n, text in enumerate(SEED_DOCUMENTS)]
 
 
-def expected(reranker: Reranker, query: str, texts: list[str], top_k=None) -> list[dict]:
-    """``Reranker.rank`` plus each text's relevance and label mass, best first."""
-    details = reranker.score_details([(query, t) for t in texts])
-    return [{**row, "relevance": details.relevance[row["corpus_id"]], "mass": details.label_mass[row["corpus_id"]]}
-            for row in reranker.rank(query, texts, top_k=top_k)]
-
-
 def check(result: list[Document], given: list[Document], want: list[dict]) -> None:
     assert [d.page_content for d in result] == [given[w["corpus_id"]].page_content for w in want]
     for doc, w in zip(result, want, strict=True):
@@ -47,7 +40,7 @@ def check(result: list[Document], given: list[Document], want: list[dict]) -> No
 def test_compress_documents_is_reranker_rank_with_relevance_scores(reranker):
     given = documents()
     result = GenrankRerank(reranker=reranker).compress_documents(given, SEED_QUERY)  # top_n=3 by default
-    want = expected(reranker, SEED_QUERY, SEED_DOCUMENTS, top_k=3)
+    want = ranked_with_details(reranker, SEED_QUERY, SEED_DOCUMENTS, top_k=3)
     assert len(result) == 3
     check(result, given, want)
     lo, hi = min(reranker.template.values), max(reranker.template.values)
@@ -58,7 +51,7 @@ def test_compress_documents_is_reranker_rank_with_relevance_scores(reranker):
 
 def test_top_n_none_or_past_the_end_returns_all_and_empty_input_returns_nothing(reranker):
     given = documents()
-    want = expected(reranker, SEED_QUERY, SEED_DOCUMENTS)
+    want = ranked_with_details(reranker, SEED_QUERY, SEED_DOCUMENTS)
     check(GenrankRerank(reranker=reranker, top_n=None).compress_documents(given, SEED_QUERY), given, want)
     check(GenrankRerank(reranker=reranker, top_n=50).compress_documents(given, SEED_QUERY), given, want)
     assert GenrankRerank(reranker=reranker).compress_documents([], SEED_QUERY) == []
@@ -69,7 +62,7 @@ def test_duplicates_and_empty_texts_are_kept_and_scored(reranker):
     given = [Document(page_content=SEED_DOCUMENTS[1], metadata={"n": 0}), Document(page_content=""),
              Document(page_content=SEED_DOCUMENTS[1], metadata={"n": 2})]
     result = GenrankRerank(reranker=reranker, top_n=None).compress_documents(given, SEED_QUERY)
-    check(result, given, expected(reranker, SEED_QUERY, [d.page_content for d in given]))
+    check(result, given, ranked_with_details(reranker, SEED_QUERY, [d.page_content for d in given]))
     assert sorted(d.metadata.get("n", -1) for d in result) == [-1, 0, 2]
 
 
@@ -85,7 +78,7 @@ def test_contextual_compression_retriever_end_to_end(reranker):
     store.add_documents(documents())
     retriever = ContextualCompressionRetriever(base_compressor=GenrankRerank(reranker=reranker, top_n=2),
                                                base_retriever=store.as_retriever(search_kwargs={"k": 6}))
-    want = expected(reranker, SEED_QUERY, SEED_DOCUMENTS, top_k=2)
+    want = ranked_with_details(reranker, SEED_QUERY, SEED_DOCUMENTS, top_k=2)
     for result in (retriever.invoke(SEED_QUERY), asyncio.run(retriever.ainvoke(SEED_QUERY))):
         assert [d.page_content for d in result] == [SEED_DOCUMENTS[w["corpus_id"]] for w in want]
         assert [d.metadata["source"] for d in result] == [f"doc-{w['corpus_id']}" for w in want]

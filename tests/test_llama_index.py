@@ -3,7 +3,7 @@
 import asyncio
 
 import pytest
-from conftest import SEED_DOCUMENTS, SEED_QUERY
+from conftest import SEED_DOCUMENTS, SEED_QUERY, ranked_with_details
 from llama_index.core import VectorStoreIndex
 from llama_index.core.callbacks import CallbackManager, CBEventType, LlamaDebugHandler
 from llama_index.core.embeddings import MockEmbedding
@@ -27,13 +27,6 @@ def nodes() -> list[NodeWithScore]:
             for n, text in enumerate(SEED_DOCUMENTS)]
 
 
-def expected(reranker: Reranker, query: str, texts: list[str], top_k=None) -> list[dict]:
-    """``Reranker.rank`` plus each text's relevance and label mass, best first."""
-    details = reranker.score_details([(query, t) for t in texts])
-    return [{**row, "relevance": details.relevance[row["corpus_id"]], "mass": details.label_mass[row["corpus_id"]]}
-            for row in reranker.rank(query, texts, top_k=top_k)]
-
-
 def check(result: list[NodeWithScore], given: list[NodeWithScore], want: list[dict]) -> None:
     assert [n.node.node_id for n in result] == [given[w["corpus_id"]].node.node_id for w in want]
     for item, w in zip(result, want, strict=True):
@@ -55,7 +48,7 @@ def test_postprocess_nodes_is_reranker_rank_on_the_embed_text(reranker):
     texts = embed_texts(given)
     assert texts[0].startswith("title: Book 0") and texts[1] == SEED_DOCUMENTS[1]  # metadata as LlamaIndex embeds it
     result = GenrankRerank(reranker=reranker, top_n=3).postprocess_nodes(given, query_str=SEED_QUERY)
-    check(result, given, expected(reranker, SEED_QUERY, texts, top_k=3))
+    check(result, given, ranked_with_details(reranker, SEED_QUERY, texts, top_k=3))
     assert given == nodes()  # the caller's nodes and scores are unchanged
     # the scores stay out of what the LLM and the embedder read
     assert all("genrank" not in n.node.get_content(metadata_mode=MetadataMode.LLM) for n in result)
@@ -66,7 +59,7 @@ def test_metadata_mode_and_keep_retrieval_score(reranker):
     given = nodes()
     rerank = GenrankRerank(reranker=reranker, top_n=6, metadata_mode=MetadataMode.NONE, keep_retrieval_score=True)
     result = rerank.postprocess_nodes(given, query_str=SEED_QUERY)
-    check(result, given, expected(reranker, SEED_QUERY, SEED_DOCUMENTS))
+    check(result, given, ranked_with_details(reranker, SEED_QUERY, SEED_DOCUMENTS))
     assert [n.node.metadata["retrieval_score"] for n in result] == \
         [given[int(n.node.node_id.split("-")[1])].score for n in result]
 
@@ -74,11 +67,11 @@ def test_metadata_mode_and_keep_retrieval_score(reranker):
 def test_top_n_past_the_end_empty_list_duplicates_and_empty_text(reranker):
     given = nodes()
     check(GenrankRerank(reranker=reranker, top_n=50).postprocess_nodes(given, query_str=SEED_QUERY), given,
-          expected(reranker, SEED_QUERY, embed_texts(given)))
+          ranked_with_details(reranker, SEED_QUERY, embed_texts(given)))
     assert GenrankRerank(reranker=reranker).postprocess_nodes([], query_str=SEED_QUERY) == []
     twice = [given[1], NodeWithScore(node=TextNode(text="", id_="empty")), given[1]]
     result = GenrankRerank(reranker=reranker, top_n=3).postprocess_nodes(twice, query_str=SEED_QUERY)
-    check(result, twice, expected(reranker, SEED_QUERY, embed_texts(twice)))
+    check(result, twice, ranked_with_details(reranker, SEED_QUERY, embed_texts(twice)))
 
 
 def test_async_postprocess_equals_sync(reranker):
@@ -94,7 +87,7 @@ def test_query_engine_end_to_end(reranker):
     engine = RetrieverQueryEngine.from_args(index.as_retriever(similarity_top_k=6), llm=MockLLM(),
                                             node_postprocessors=[GenrankRerank(reranker=reranker, top_n=2)],
                                             callback_manager=CallbackManager([debug]))
-    want = expected(reranker, SEED_QUERY, embed_texts(nodes()), top_k=2)
+    want = ranked_with_details(reranker, SEED_QUERY, embed_texts(nodes()), top_k=2)
     for response in (engine.query(SEED_QUERY), asyncio.run(engine.aquery(SEED_QUERY))):
         assert [n.node.node_id for n in response.source_nodes] == [f"node-{w['corpus_id']}" for w in want]
         assert [n.score for n in response.source_nodes] == pytest.approx([w["relevance"] for w in want])
