@@ -3,10 +3,11 @@
 Starts the local test server (tests/openai_test_server.py --fixed: the same answer to every
 request, except to prompts with a fault marker) in its own process with a fixed latency per
 request (default 20 ms), writes the pairs twice: once as they are, once with every 100th document
-carrying ``[[fault:slow:1]]`` (its first attempt is answered after ``--slow`` seconds, past the
-client's ``timeout``; the retry is answered at once), then runs ``python -m genrank.cli score``
-on each file and reports pairs/s (from the command's summary line: scoring time) and wall time
-(the whole command), and the ratio faulty/fault-free. The goal: within 20% of fault-free.
+carrying ``[[fault:slow:1]]`` (its first request is answered after ``--slow`` seconds, past the
+client's ``timeout``; the next, a backup or a retry, is answered at once), then runs ``python -m
+genrank.cli score`` on each file and reports pairs/s (from the command's summary line: scoring
+time) and wall time (the whole command), and the ratio faulty/fault-free. The goal: within 20% of
+fault-free. ``-E backup_requests=0`` measures the driver without backup requests.
 
 The CLI subprocess imports genrank from PYTHONPATH when set (e.g. a worktree of an older commit,
 to compare), else the installed one. ``-E KEY=VALUE`` passes engine options (e.g. ``-E

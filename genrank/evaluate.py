@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field

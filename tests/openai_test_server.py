@@ -8,14 +8,17 @@ fault-free run), plus ``/v1/models`` (and, posing as a vLLM server with ``vllm_v
 * on a share ``fault_rate`` of prompts (chosen by a hash of the prompt), the first attempt(s) get
   one of ``FAULTS``;
 * a prompt containing ``[[fault:KIND:N]]`` gets KIND on its first N attempts (N may be ``inf``);
+  several markers take turns: ``[[fault:late-503:1]] [[fault:slow:1]]`` makes the first attempt
+  ``late-503`` and the second ``slow``;
 * with ``fail_every_request=(STATUS, MESSAGE)`` every completion request gets that error (a server
   that refuses the setup, e.g. 400 "max_tokens is not supported with this model").
 
 Transient kinds (a correct client retries): ``429`` (with ``Retry-After``), ``500``, ``502``,
 ``503``, ``slow`` (answers after ``slow_seconds``), ``drop`` (closes the connection),
-``malformed`` (truncated JSON). Content kinds (a correct client reads the same
-scores): ``nondigit`` (near-miss tokens such as "07", "7." and "seven" among the top tokens),
-``whitespace`` (each label split into "7", " 7" and "7\\n" with the same total probability).
+``malformed`` (truncated JSON); on markers only, ``late-503`` (a 503 after ``slow_seconds``).
+Content kinds (a correct client reads the same scores): ``nondigit`` (near-miss tokens such as
+"07", "7." and "seven" among the top tokens), ``whitespace`` (each label split into "7", " 7"
+and "7\\n" with the same total probability).
 Other kinds: any HTTP status (``400``, ``401``, ``404``, ``501``, ...), ``nologprobs`` (a well-formed answer without logprobs, as
 from a gateway that drops them), ``echo-key`` (a 500 whose message repeats the Authorization
 header, as careless gateways do), ``echo-key-long`` (the same after 480 characters of text),
@@ -179,14 +182,16 @@ class FakeOpenAIServer:
             await asyncio.sleep(self.latency)
         if top > self.max_top_logprobs:
             return _error(400, f"top_logprobs must be at most {self.max_top_logprobs}, got {top}")
+        if fault in ("slow", "late-503"):
+            await asyncio.sleep(self.slow_seconds)
+        if fault == "late-503":
+            return _error(503, "injected late 503")
         if fault and fault.isdigit():
             headers = {"Retry-After": self.retry_after} if fault == "429" else None
             return _error(int(fault), f"injected {fault}", headers)
         if fault in ("echo-key", "echo-key-long", "echo-key-401"):
             before = "." * 480 if fault == "echo-key-long" else "upstream refused credentials"
             return _error(401 if fault == "echo-key-401" else 500, f"{before} {request.headers.get('Authorization')}")
-        if fault == "slow":
-            await asyncio.sleep(self.slow_seconds)
         if fault == "drop":
             request.transport.close()
             return web.Response()
@@ -221,10 +226,14 @@ class FakeOpenAIServer:
         return web.Response(body=self._fixed_bodies[chat], content_type="application/json")
 
     def _fault(self, key: str, attempt: int) -> str | None:
-        found = _MARKER.search(key)
+        found = _MARKER.findall(key)
         if found:
-            n = math.inf if found[2] == "inf" else int(found[2])
-            return found[1] if attempt < n else None
+            for kind, n in found:  # each marker covers the next n attempts
+                n = math.inf if n == "inf" else int(n)
+                if attempt < n:
+                    return kind
+                attempt -= n
+            return None
         if not self.fault_rate:
             return None
         h = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8, person=b"fault").digest(), "little")

@@ -325,6 +325,9 @@ def test_bad_options_are_named():
         OpenAIEngine("m", requests_per_second="5")
     with pytest.raises(ValueError, match="tokens_per_minute must be .*, got -1"):
         OpenAIEngine("m", tokens_per_minute=-1)
+    for share in (-0.1, 1.5, True, "0.05", math.nan):
+        with pytest.raises(ValueError, match=f"backup_requests must be the share of requests .*, got {share!r}"):
+            OpenAIEngine("m", backup_requests=share)
 
 
 def test_progress_bar_shows_failures_when_asked(capsys):
@@ -505,8 +508,8 @@ def test_content_option_is_checked():
 def test_a_slow_pair_does_not_hold_up_the_chunks_after_it():
     chunks = [[(f"query {c}", f"document {c}-{n}") for n in range(10)] for c in range(6)]
     chunks[0][3] = ("query 0", "slow document [[fault:slow:1]]")
-    with FakeOpenAIServer(slow_seconds=1.5) as server:
-        rr = Reranker("test-model", engine="openai", base_url=server.url, concurrency=4)
+    with FakeOpenAIServer(slow_seconds=1.5) as server:  # no backup: the slow pair waits for its answer
+        rr = Reranker("test-model", engine="openai", base_url=server.url, concurrency=4, backup_requests=0)
         results = list(rr.score_stream((c, rr.prepare(pairs)) for c, pairs in enumerate(chunks)))
     assert [c for c, _ in results] == list(range(6)) and not any(r.errors for _, r in results)  # in order
     slow = [r for r in server.requests if "fault:slow" in json.dumps(r["body"])]
@@ -576,6 +579,137 @@ def test_a_429_pauses_every_request_until_the_time_it_names():
     busy = next(r for r in server.requests if "fault:429" in json.dumps(r["body"]))
     during = [r for r in server.requests if busy["answered"] + 0.4 < r["time"] < busy["answered"] + 0.9]
     assert out.errors == {} and len(server.requests) == 62 and during == []
+
+
+# -- backup requests against tail latency -----------------------------------------------------
+
+def warmed_up(server: FakeOpenAIServer, **options) -> OpenAIEngine:
+    """An engine that has had enough answers from ``server`` to know when a request is late."""
+    engine = OpenAIEngine("test-model", base_url=server.url, **options)
+    engine.label_logprobs(chat_prompts([f"warm-up {n}" for n in range(openai_engine._MIN_LATENCIES)]), LABELS_1_7)
+    return engine
+
+
+def eventually(condition, seconds: float = 10.0) -> bool:
+    """Whether ``condition()`` becomes true within ``seconds`` (for what the server records from another thread)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_slow_first_attempt_is_answered_by_its_backup_with_the_same_scores(capsys):
+    docs = documents(30)
+    docs[7] += " [[fault:slow:1]]"
+    prompts = chat_prompts(docs)
+    with FakeOpenAIServer(slow_seconds=0) as server:  # the fault-free run: "slow" takes no time
+        clean = OpenAIEngine("test-model", base_url=server.url).label_logprobs(prompts, LABELS_1_7)
+    with FakeOpenAIServer(slow_seconds=5) as server:
+        engine = warmed_up(server, timeout=10, show_progress=True)
+        warm = len(server.requests)
+        out = engine.label_logprobs(prompts, LABELS_1_7)
+        slow = [r for r in server.requests[warm:] if "fault:slow" in json.dumps(r["body"])]
+        assert len(slow) == 2  # the request and one backup
+        first, backup = slow
+        assert backup["answered"] < first["time"] + 5  # answered before the slow attempt would have been
+        assert eventually(lambda: "answered" in first, 4)  # the late request was cancelled: its connection closed
+    assert first["answered"] < first["time"] + 5
+    assert out.errors == {}
+    np.testing.assert_array_equal(out.values, clean.values)
+    assert "backups=1" in capsys.readouterr().err
+
+
+def test_a_request_sent_before_latencies_are_known_gets_its_backup_once_they_are():
+    docs = documents(80)
+    docs[2] += " [[fault:slow:1]]"  # among the first requests, sent before any answer
+    with FakeOpenAIServer(slow_seconds=5) as server:
+        out = OpenAIEngine("test-model", base_url=server.url, timeout=10).label_logprobs(chat_prompts(docs), LABELS_1_7)
+        slow = [r for r in server.requests if "fault:slow" in json.dumps(r["body"])]
+        answers_before = sum(r.get("answered", math.inf) < slow[1]["time"] for r in server.requests)
+    assert out.errors == {} and len(slow) == 2
+    assert answers_before >= openai_engine._MIN_LATENCIES  # the backup went once the latencies were known
+    assert slow[1]["answered"] < slow[0]["time"] + 5
+
+
+def test_a_late_request_the_budget_refused_gets_its_backup_once_the_budget_has_grown():
+    # 8 places, 6 held by stuck requests: the others go 2 at a time, each earning 1/20 of a backup
+    docs = [f"stuck {n} [[fault:slow:1]]" for n in range(6)] + documents(140)
+    prompts = chat_prompts(docs)
+    with FakeOpenAIServer(slow_seconds=5, latency=0.02) as server:
+        engine = warmed_up(server, timeout=10, concurrency=8)  # 50 requests sent: budget for 2 backups
+        out = engine.label_logprobs(prompts, LABELS_1_7)
+        attempts = [server.attempts[json.dumps(chat, sort_keys=True)] for chat in prompts.chats()[:6]]
+    assert out.errors == {} and attempts == [2] * 6
+
+
+def test_backups_stay_within_their_budget_when_every_request_is_slow():
+    # an overloaded server, slow for everyone: late requests get backups only as the budget allows
+    docs = [f"overloaded {n} [[fault:slow:inf]]" for n in range(100)]
+    with FakeOpenAIServer(slow_seconds=0.5) as server:
+        engine = warmed_up(server)
+        warm = len(server.requests)
+        out = engine.label_logprobs(chat_prompts(docs), LABELS_1_7)
+        backups = len(server.requests) - warm - len(docs)
+    assert out.errors == {}
+    assert engine.backup_requests == 0.05 and 0 < backups <= 0.05 * len(server.requests)  # 5%, not 100%
+
+
+def test_a_backup_never_crosses_answers_between_prompts():
+    docs = [f"document {n}" + (" [[fault:slow:1]]" if n % 3 == 0 else "") for n in range(90)]
+    prompts = chat_prompts(docs)
+    with FakeOpenAIServer(slow_seconds=1) as server:
+        out = warmed_up(server, backup_requests=1.0, concurrency=16).label_logprobs(prompts, LABELS_1_7)
+        attempts = [server.attempts[json.dumps(chat, sort_keys=True)] for chat in prompts.chats()]
+    assert out.errors == {} and sum(attempts) > len(docs) + 10  # many prompts were answered by a backup
+    for n, chat in enumerate(prompts.chats()):
+        np.testing.assert_allclose(out.values[n], expected_logprobs(chat, LABELS_1_7.texts, 20), rtol=0, atol=1e-12)
+
+
+def test_a_request_and_its_backup_are_one_attempt_for_the_retries():
+    # both time out: one failed attempt, so the one retry allowed is the third request, answered at once
+    prompts = chat_prompts(["ok", "twice late [[fault:slow:2]]"])
+    with FakeOpenAIServer(slow_seconds=5) as server:
+        out = warmed_up(server, timeout=1, max_retries=1).label_logprobs(prompts, LABELS_1_7)
+        late = [r for r in server.requests if "fault:slow" in json.dumps(r["body"])]
+    assert out.errors == {} and len(late) == 3
+    assert late[1]["time"] < late[0]["time"] + 1 < late[2]["time"]  # the backup went before the timeout
+
+
+def test_when_a_request_or_its_backup_fails_the_other_one_answers():
+    docs = ["the request fails while its backup is out [[fault:late-503:1]] [[fault:slow:1]]",
+            "the backup fails [[fault:slow:1]] [[fault:503:1]]"]
+    prompts = chat_prompts(docs)
+    with FakeOpenAIServer(slow_seconds=0.5) as server:
+        out = warmed_up(server, max_retries=0).label_logprobs(prompts, LABELS_1_7)  # no retry: one attempt each
+        attempts = [server.attempts[json.dumps(chat, sort_keys=True)] for chat in prompts.chats()]
+    assert out.errors == {} and attempts == [2, 2]
+    want = [expected_logprobs(chat, LABELS_1_7.texts, 20) for chat in prompts.chats()]
+    np.testing.assert_allclose(out.values, want, rtol=0, atol=1e-12)
+
+
+def test_cancelling_a_call_cancels_its_requests_and_their_backups():
+    prompts = chat_prompts([f"stuck {n} [[fault:slow:inf]]" for n in range(4)])
+    with FakeOpenAIServer(slow_seconds=30) as server:
+        engine = warmed_up(server, backup_requests=1.0)
+        warm = len(server.requests)
+
+        async def cancel_with_backups_in_flight():
+            task = asyncio.create_task(engine.alabel_logprobs(prompts, LABELS_1_7))
+            while len(server.requests) < warm + 8 and not task.done():  # the 4 requests and their backups
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            sent = server.requests[warm:]
+            assert len(sent) == 8
+            # every connection was closed when the call ended, before this event loop closes its session
+            assert await asyncio.to_thread(eventually, lambda: all("answered" in r for r in sent), 5)
+
+        asyncio.run(cancel_with_backups_in_flight())
+        time.sleep(0.2)
+        assert len(server.requests) == warm + 8  # nothing more went out
 
 
 def test_engine_names_its_model_and_takes_several_calls_at_once():

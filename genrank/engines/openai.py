@@ -14,6 +14,14 @@ retry back-off holds up only itself; ``alabel_logprobs`` runs on the caller's ev
 one session and queue per loop, and cancelling it drops its requests. A 429 or ``Retry-After``
 pauses every request on the queue until the time it names.
 
+Against tail latency, a request with no answer after the 99th percentile of recent latencies is
+sent once more (a backup, as in Finagle's ``BackupRequestFilter``, gRPC hedging and "The Tail at
+Scale"); the first answer wins and the other request is cancelled. Scoring requests are
+idempotent (temperature 0, one token, no server state), so a duplicate is safe. A budget bounds
+backups to a share of requests, so a server slow for everyone does not get twice the load.
+Retries are tenacity's; a request's first attempt goes out without its machinery, which costs
+more client CPU than the request.
+
 Errors that every request shares stop the call instead of failing every pair: 401, 403 and 404,
 and the same rejection (4xx, 501, 505, or an answer without logprobs) for the first requests of
 an engine before any has succeeded. They are raised as the ``openai`` package's exception types.
@@ -74,6 +82,16 @@ _SETUP_PROBES = 8
 _BARE_429_PAUSE = 0.5  # seconds every request waits after a 429 that names no time (the first backoff step)
 _MAX_WAIT = 120.0  # the longest Retry-After honoured, seconds
 _TOKEN_ID_PREFIX = "token_id:"  # vLLM's token form with return_tokens_as_token_ids
+# Backup requests: sent after the 99th percentile of the last _LATENCY_WINDOW answers' latencies
+# (once _MIN_LATENCIES are known; recomputed every _LATENCY_WINDOW // 5 answers), never sooner
+# than _MIN_BACKUP_DELAY; each request sent earns `backup_requests` of a backup, at most
+# _BACKUP_BURST saved up (a token bucket, like gRPC's retry throttling and Finagle's RetryBudget).
+_BACKUP_PERCENTILE = 0.99
+_LATENCY_WINDOW = 1000
+_MIN_LATENCIES = 50
+_MIN_BACKUP_DELAY = 0.05  # seconds
+_BACKUP_BURST = 10.0
+_BACKUP_TICK = 0.005  # seconds: late requests are looked for this often at most
 
 
 class _Transient(Exception):
@@ -141,6 +159,96 @@ class _Health:
             return self._alike
 
 
+class _Backups:
+    """When to send a backup of a request, from the latencies of recent answers, and the budget for them.
+
+    Shared by the engine's event loops (a server's latencies are the same for all).
+    """
+
+    def __init__(self, share: float, concurrency: int):
+        self.share = share
+        self.places = math.ceil(concurrency * share)  # backups in flight at most, beyond ``concurrency``
+        self.delay: float | None = None  # seconds after sending; None until enough answers are known
+        self._latencies: deque[float] = deque(maxlen=_LATENCY_WINDOW)
+        self._unseen = 0  # latencies added since the delay was computed
+        self._tokens = 0.0
+        self._lock = threading.Lock()
+
+    def sent(self) -> None:
+        """A request (not a backup) went out: it earns ``share`` of a backup."""
+        with self._lock:
+            self._tokens = min(self._tokens + self.share, _BACKUP_BURST)
+
+    def take(self) -> bool:
+        """Spend one backup from the budget; False when the budget is spent."""
+        with self._lock:
+            if self._tokens < 1.0:
+                return False
+            self._tokens -= 1.0
+            return True
+
+    def answered(self, seconds: float) -> None:
+        """Record the latency of a good answer (from sending to its body)."""
+        with self._lock:
+            self._latencies.append(seconds)
+            self._unseen += 1
+            if len(self._latencies) >= _MIN_LATENCIES and (self.delay is None
+                                                           or self._unseen >= _LATENCY_WINDOW // 5):
+                ordered = sorted(self._latencies)
+                self.delay = max(ordered[int(_BACKUP_PERCENTILE * (len(ordered) - 1))], _MIN_BACKUP_DELAY)
+                self._unseen = 0
+
+
+class _Hedge:
+    """A request that may get a backup, and the race between them (see ``OpenAIEngine._attempt``).
+
+    The request runs in the task that made this (the owner). Its queue calls ``late`` if the
+    request has had no answer for the backup delay; the engine then sends the backup in a task
+    of its own (unless the budget is spent), and a backup that answers while the owner still
+    waits cancels the owner's request, whose ``CancelledError`` ``took_over`` tells from a
+    cancel from outside. The request's parts are held as they are, not in a partial: this is
+    made for every request, and what lives as long as a request costs garbage-collector time.
+    """
+
+    __slots__ = ("_engine", "_extract", "_owner", "_queue", "_request", "backup", "racing", "since", "won")
+
+    def __init__(self, engine: OpenAIEngine, queue: _Queue, request: Callable[[], tuple[URL, bytes, int, int | None]],
+                 extract: Callable[[dict], list[float]]):
+        self._engine, self._queue, self._request, self._extract = engine, queue, request, extract
+        self._owner = asyncio.current_task()
+        self.since = math.inf  # loop time the request went out (or the budget last refused its backup)
+        self.backup: asyncio.Task | None = None
+        self.racing = True  # the owner waits for its request
+        self.won = False  # the backup answered first and cancelled the request
+
+    def late(self) -> bool:
+        """Send the backup of a request still out; False when the budget refused it (ask again later)."""
+        if self.racing and self.backup is None:
+            self.backup = self._engine._send_backup(self._queue, self._request, self._extract)
+            if self.backup is None:
+                return False
+            self.backup.add_done_callback(self._answered)
+        return True
+
+    def took_over(self) -> bool:
+        """Whether the owner's request was cancelled only because the backup answered first."""
+        if not self.won:
+            return False
+        uncancel = getattr(self._owner, "uncancel", None)  # Python 3.11+ counts cancel requests
+        return uncancel is None or uncancel() == 0
+
+    def stop(self) -> asyncio.Task | None:
+        """End the race and let go of the request (the queue may hold this a while yet); the backup if still out."""
+        self.racing = False
+        self._engine = self._queue = self._request = self._extract = self._owner = None
+        return self.backup if self.backup is not None and not self.backup.done() else None
+
+    def _answered(self, backup: asyncio.Task) -> None:
+        if not backup.cancelled() and backup.exception() is None and self.racing:  # a failure is dropped
+            self.won = True
+            self._owner.cancel()
+
+
 class _Job:
     """One call's requests on a queue: the prompt indices still to send, those in flight, and the outcome."""
 
@@ -202,16 +310,22 @@ class _Queue:
     Calls' requests are started first come, first served, while fewer than ``concurrency`` are in
     flight (a request backing off before a retry does not count). A 429 or a ``Retry-After``
     pauses every request until the time it names. Until a request has succeeded, at most
-    ``_SETUP_PROBES`` are in flight. The queue ends, and its session closes, on ``aclose``, on
+    ``_SETUP_PROBES`` are in flight. Backups of late requests (see ``watch``) have places of
+    their own, ``_Backups.places``. The queue ends, and its session closes, on ``aclose``, on
     ``stop_threadsafe`` or when the loop cancels its tasks at its end (``asyncio.run`` does).
     """
 
-    def __init__(self, concurrency: int, session: Callable[[], aiohttp.ClientSession], health: _Health):
+    def __init__(self, concurrency: int, session: Callable[[], aiohttp.ClientSession], health: _Health,
+                 backups: _Backups | None):
         self.loop = asyncio.get_running_loop()
         self.session = session()
         self.health = health
         self.paused_until = 0.0  # loop time
         self._slots = asyncio.Semaphore(concurrency)
+        self.backups = backups
+        self.backup_slots = asyncio.Semaphore(backups.places if backups is not None else 0)
+        self._watched: deque[_Hedge] = deque()  # requests that may get a backup, in sending order
+        self._sweep_timer: asyncio.TimerHandle | None = None
         self._jobs: deque[_Job] = deque()  # calls with requests still to start, oldest first
         self._active: set[_Job] = set()  # calls not yet returned
         self._arrived = asyncio.Event()
@@ -252,6 +366,38 @@ class _Queue:
         while (delay := self.paused_until - self.loop.time()) > 0:
             await asyncio.sleep(delay)
 
+    def watch(self, hedge: _Hedge) -> None:
+        """``hedge``'s request goes out now: call ``hedge.late()`` if it has no answer after the backup delay.
+
+        A request sent before the delay is known is late once it is known and has passed. A late
+        request whose backup the budget refused is looked at again after another delay: by then
+        the budget has grown, and requests that were only held up by a stall (of the server, or
+        of this event loop: a garbage collection) have their answers, so the budget goes to the
+        requests that are really stuck. One timer serves all the requests on the queue, every
+        ``_BACKUP_TICK`` seconds at most (one per request would cost more CPU than the rest of the
+        watch), and none while none is out.
+        """
+        hedge.since = self.loop.time()
+        self._watched.append(hedge)
+        if self._sweep_timer is None:
+            self._sweep_timer = self.loop.call_at(hedge.since + (self.backups.delay or _MIN_BACKUP_DELAY),
+                                                  self._sweep)
+
+    def _sweep(self) -> None:
+        now, delay, watched = self.loop.time(), self.backups.delay, self._watched
+        while watched and not watched[0].racing:  # answered
+            watched.popleft()
+        if delay is not None:
+            while watched and watched[0].since + delay <= now:
+                hedge = watched.popleft()
+                if not hedge.late():
+                    hedge.since = now
+                    watched.append(hedge)
+        self._sweep_timer = None
+        if watched:  # next when the oldest is due, or (the delay not yet known) in a while
+            due = watched[0].since + delay if delay is not None else now + _MIN_BACKUP_DELAY
+            self._sweep_timer = self.loop.call_at(max(due, now + _BACKUP_TICK), self._sweep)
+
     async def aclose(self) -> None:
         self._stopping.set()
         await asyncio.gather(self._task, return_exceptions=True)
@@ -272,6 +418,8 @@ class _Queue:
             running = [task for job in self._active for task in job.running]
             self.fail_all(RuntimeError("the engine was closed while this call was running"))
             starter.cancel()
+            if self._sweep_timer is not None:
+                self._sweep_timer.cancel()
             try:  # cancelled tasks end before the session closes
                 await asyncio.gather(starter, *running, return_exceptions=True)
             finally:  # even if the loop cancels this task again as it ends (asyncio.run does)
@@ -332,19 +480,20 @@ class _Queue:
 
 
 class _Progress:
-    """One progress bar for all the calls in flight on an engine: pairs/s and failures so far."""
+    """One progress bar for all the calls in flight on an engine: pairs/s, failures and backup requests so far."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._bar: tqdm | None = None
-        self._calls = self._failed = 0
+        self._calls = 0
+        self._counts: dict[str, int] = {}
 
     @contextmanager
     def call(self, n: int, show: bool) -> Iterator[_Progress]:
         """Add a call of ``n`` prompts to the bar (shown if ``show``) while it runs."""
         with self._lock:
             if show and self._bar is None:
-                self._bar, self._failed = tqdm(total=0, unit="pair", desc="genrank"), 0
+                self._bar, self._counts = tqdm(total=0, unit="pair", desc="genrank"), {}
             if self._bar is not None:
                 self._bar.total += n
                 self._bar.refresh()
@@ -363,9 +512,16 @@ class _Progress:
             self._bar.update()
 
     def failed(self) -> None:
-        if self._bar is not None:
-            self._failed += 1
-            self._bar.set_postfix(failed=self._failed, refresh=False)
+        self._count("failed")
+
+    def backup(self) -> None:
+        self._count("backups")
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            if self._bar is not None:
+                self._counts[name] = self._counts.get(name, 0) + 1
+                self._bar.set_postfix(self._counts, refresh=False)
 
 
 class _Background:
@@ -442,16 +598,32 @@ class OpenAIEngine:
     the model's special tokens: content goes as it is, and the server may read such text as
     control tokens (logged once). ``content="verbatim"`` sends chat content unchanged.
 
-    Up to ``concurrency`` requests are in flight, shared by every call on the engine (a request
-    backing off before a retry does not count); calls are thread-safe, and the Reranker's
-    ``score_stream`` keeps ``max_calls_in_flight`` of them going, so a slow pair does not stall
-    the chunks after it. 429, 5xx (but 501 and 505), timeouts, dropped connections and malformed
+    Up to ``concurrency`` requests are in flight (and a few backups, below), shared by every
+    call on the engine (a request backing off before a retry does not count); calls are
+    thread-safe, and the Reranker's ``score_stream`` keeps ``max_calls_in_flight`` of them going,
+    so a slow pair does not stall the chunks after it. 429, 5xx (but 501 and 505), timeouts, dropped connections and malformed
     responses are retried up to ``max_retries`` times with exponential backoff and jitter; a
     ``Retry-After`` (or a 429) pauses every request until the time it names. A pair that still
     fails, or that the server rejects, is reported in ``LabelLogprobs.errors`` and the rest
     complete. 401, 403 and 404 raise at once, and so does a rejection that the first 8 requests
     all got before any succeeded (a setup error, e.g. a model that takes no ``max_tokens``):
     both as the ``openai`` package's exception for the status, ending every call in flight.
+
+    Backup requests: a request that has had no answer when the 99th percentile of the last 1,000
+    answers' latencies has passed since it was sent (at least 50 ms, and not before 50 answers
+    are known) is sent once more; the first good answer wins and the other request is
+    cancelled, its connection closed. Scoring requests are idempotent (temperature 0,
+    ``max_tokens=1``, nothing stored on the server), so a duplicate cannot change a result.
+    ``backup_requests`` (default 0.05) is the budget: each request sent earns that share of a
+    backup and at most 10 are saved up, so a server slow for every request gets at most 5% more
+    requests, not twice as many; 0 turns backups off. Backups have places of their own beyond
+    ``concurrency``, that share of it rounded up (4 for the default 64): they go even when every
+    place is held by a late request, and requests in flight never exceed ``concurrency`` by more
+    than that. A backup waits out a 429 pause and the rate limits like any request. A request
+    and its backup are one attempt for ``max_retries``: if the request fails while its backup is
+    out, the backup's answer stands in; a backup that fails is dropped; both failing is one
+    failed attempt, backed off like any (a timeout too: the server is struggling). The progress
+    bar counts backups.
 
     A template with an assistant prefix (e.g. qwen3-reranker) in chat mode sends the prefix as
     a final assistant message for the server to continue (vLLM's ``continue_final_message``);
@@ -472,6 +644,7 @@ class OpenAIEngine:
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  mode: Literal["chat", "completions"] = "chat", content: Content = "data", concurrency: int = 64,
                  max_calls_in_flight: int = 8, timeout: float = 60.0, max_retries: int = 6,
+                 backup_requests: float = 0.05,
                  top_logprobs: int | None = None, label_token_ids: bool | Literal["auto"] = "auto",
                  tokenizer: Any | None = None, requests_per_second: float | None = None,
                  tokens_per_minute: float | None = None, default_headers: Mapping[str, str] | None = None,
@@ -495,6 +668,10 @@ class OpenAIEngine:
                 raise ValueError(f"{name} must be a positive number or None, got {rate!r}")
         if not isinstance(max_retries, int) or max_retries < 0:
             raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+        if isinstance(backup_requests, bool) or not isinstance(backup_requests, numbers.Real) \
+                or not 0 <= backup_requests <= 1:
+            raise ValueError("backup_requests must be the share of requests that may be sent a second time when "
+                             f"the first has no answer in time, from 0 (never) to 1, got {backup_requests!r}")
         if top_logprobs is not None and (not isinstance(top_logprobs, int) or not 1 <= top_logprobs <= 20):
             raise ValueError(f"top_logprobs must be an integer 1..20 or None (as many as allowed), got {top_logprobs!r}")
         if label_token_ids not in ("auto", True, False):
@@ -508,6 +685,7 @@ class OpenAIEngine:
         self.max_calls_in_flight = max_calls_in_flight
         self.timeout = float(timeout)
         self.max_retries = max_retries
+        self.backup_requests = float(backup_requests)
         self.label_token_ids = label_token_ids
         self.show_progress = show_progress
         self._api_key = api_key or os.environ.get("GENRANK_API_KEY") or os.environ.get("OPENAI_API_KEY")
@@ -516,7 +694,9 @@ class OpenAIEngine:
         headers = {"Content-Type": "application/json", **(default_headers or {})}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        self._new_session = partial(_session, headers, concurrency, self.timeout)  # holds no reference to self
+        self._backups = _Backups(self.backup_requests, concurrency) if self.backup_requests else None
+        connections = concurrency + (self._backups.places if self._backups is not None else 0)
+        self._new_session = partial(_session, headers, connections, self.timeout)  # holds no reference to self
         self._query = {k: str(v) for k, v in (default_query or {}).items()}
         self._proxy = _environment_proxy(self.base_url)
         self._top_logprobs = top_logprobs or _MAX_TOP_LOGPROBS
@@ -624,7 +804,8 @@ class OpenAIEngine:
             if queue is None or queue.closing:
                 for old in [lp for lp in self._queues if lp.is_closed()]:
                     del self._queues[old]
-                queue = self._queues[loop] = _Queue(self.concurrency, self._new_session, self._health)
+                queue = _Queue(self.concurrency, self._new_session, self._health, self._backups)
+                self._queues[loop] = queue
         return queue
 
     # -- requests ----------------------------------------------------------------------------
@@ -694,18 +875,11 @@ class OpenAIEngine:
         A rejection that the first ``_SETUP_PROBES`` requests all got, before any succeeded, is
         raised as the openai package's error: every other request would get it too.
         """
-        retrying = AsyncRetrying(stop=stop_after_attempt(self.max_retries + 1), wait=_wait, sleep=slot.sleep,
-                                 retry=retry_if_exception_type(_Transient), reraise=True)
-        attempts = 0
         try:
-            async for attempt in retrying:
-                with attempt:
-                    attempts += 1
-                    values = extract(await self._post(queue, request))
-                    self._health.succeeded = True
-                    return values
-        except _Transient as e:
-            raise _Transient(f"{e} (gave up after {attempts} attempts)") from None
+            try:
+                values = await self._attempt(queue, request, extract)
+            except _Transient as error:
+                values = await self._retry(queue, slot, request, extract, error)
         except _Rejected as e:
             alike = self._health.rejected(e)
             if alike >= _SETUP_PROBES:
@@ -714,18 +888,100 @@ class OpenAIEngine:
                                     "succeeded: a setup error that every request shares, so the run stops; "
                                     "check the model, the endpoint and the engine options)") from None
             raise
+        self._health.succeeded = True
+        return values
+
+    async def _retry(self, queue: _Queue, slot: _Slot, request: Callable[[], tuple[URL, bytes, int, int | None]],
+                     extract: Callable[[dict], list[float]], error: _Transient) -> list[float]:
+        """The retries after a first attempt that failed with ``error``, by tenacity's rules.
+
+        The first attempt goes out without tenacity (its machinery costs more client CPU than a
+        request, and most requests need no retry); tenacity counts it, and waits after it, as
+        after any failed attempt.
+        """
+        retrying = AsyncRetrying(stop=stop_after_attempt(self.max_retries + 1), wait=_wait, sleep=slot.sleep,
+                                 retry=retry_if_exception_type(_Transient), reraise=True)
+        attempts = 0
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    attempts += 1
+                    if attempts == 1:
+                        raise error
+                    return await self._attempt(queue, request, extract)
+        except _Transient as e:
+            raise _Transient(f"{e} (gave up after {attempts} attempts)") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _post(self, queue: _Queue, request: Callable[[], tuple[URL, bytes, int, int | None]]) -> dict:
+    async def _attempt(self, queue: _Queue, request: Callable[[], tuple[URL, bytes, int, int | None]],
+                       extract: Callable[[dict], list[float]]) -> list[float]:
+        """One attempt at a request: sent, and sent again (a backup) if it is late.
+
+        The backup goes ``_Backups.delay`` seconds after the request was sent, if the budget
+        allows. The first good answer wins and the other request is cancelled (its connection
+        closed, its place freed). If the request fails while its backup is out, the backup's
+        answer stands in for it; a backup that fails is dropped. Both failing is one failed
+        attempt, with the request's error.
+        """
+        backups = self._backups
+        if backups is None:
+            return await self._post(queue, request, extract)
+        backups.sent()
+        hedge = _Hedge(self, queue, request, extract)
+        try:
+            try:
+                return await self._post(queue, request, extract, hedge)
+            finally:
+                hedge.racing = False
+        except asyncio.CancelledError:
+            if hedge.took_over():
+                return hedge.backup.result()
+            raise
+        except _Transient as error:
+            if hedge.backup is None:
+                raise
+            try:
+                return await hedge.backup
+            except (_Transient, _Rejected, openai.OpenAIError):
+                raise error from None
+        finally:
+            backup = hedge.stop()
+            if backup is not None:  # ended before this attempt ends: connection closed, place freed
+                backup.cancel()
+                await asyncio.wait((backup,))
+
+    def _send_backup(self, queue: _Queue, request: Callable[[], tuple[URL, bytes, int, int | None]],
+                     extract: Callable[[dict], list[float]]) -> asyncio.Task | None:
+        """A late request's backup, in a task of its own; None when the budget is spent."""
+        if not self._backups.take():
+            return None
+        self._progress.backup()
+        return queue.loop.create_task(self._backup(queue, request, extract))
+
+    async def _backup(self, queue: _Queue, request: Callable[[], tuple[URL, bytes, int, int | None]],
+                      extract: Callable[[dict], list[float]]) -> list[float]:
+        async with queue.backup_slots:
+            return await self._post(queue, request, extract)
+
+    async def _post(self, queue: _Queue, request: Callable[[], tuple[URL, bytes, int, int | None]],
+                    extract: Callable[[dict], list[float]], hedge: _Hedge | None = None) -> list[float]:
+        """One request's label log-probs; the queue watches ``hedge`` from when the request goes.
+
+        A good answer's latency (from sending to its body) goes to the backup delay.
+        """
         url, body, tokens, top = request()
         await queue.wait_if_paused()
         if self._rps is not None:
             await self._rps.acquire()
         if self._tpm is not None:
             await self._tpm.acquire(tokens)
+        if hedge is not None:
+            queue.watch(hedge)
+        sent = queue.loop.time()
         try:
             async with queue.session.post(url, data=body, proxy=self._proxy) as resp:
                 raw = await resp.read()
+                answered = queue.loop.time()
                 status = resp.status
                 retry_after = _retry_after(resp.headers) if status in _RETRY_STATUS else None
         except (asyncio.TimeoutError, TimeoutError):
@@ -734,10 +990,14 @@ class OpenAIEngine:
             raise _Transient(f"connection failed: {type(e).__name__}: {e}") from None
         if status == 200:
             try:
-                return json.loads(raw)
+                data = json.loads(raw)
             except ValueError:
                 text = _redact(raw.decode("utf-8", "replace"), self._api_key)
                 raise _Transient(f"malformed JSON in response: {text[:80]!r}") from None
+            values = extract(data)
+            if self._backups is not None:
+                self._backups.answered(answered - sent)
+            return values
         if retry_after is not None or status == 429:  # the server is busy for every request, not just this one
             queue.pause(retry_after if retry_after is not None else _BARE_429_PAUSE)
         error = self._http_error(status, url, raw, retry_after)
@@ -746,7 +1006,7 @@ class OpenAIEngine:
             if self._top_logprobs > _FALLBACK_TOP_LOGPROBS:
                 log.warning("server refused top_logprobs=%d (%s); asking for %d", top, error, _FALLBACK_TOP_LOGPROBS)
                 self._top_logprobs = _FALLBACK_TOP_LOGPROBS
-            return await self._post(queue, request)  # at once, not counted as a retry: nothing failed
+            return await self._post(queue, request, extract, hedge)  # at once, not counted as a retry: nothing failed
         raise error
 
     def _http_error(self, status: int, url: URL, raw: bytes, retry_after: float | None = None) -> Exception:
