@@ -1,8 +1,6 @@
 """genrank.integrations.langchain.GenrankRerank against the real langchain-core and ContextualCompressionRetriever."""
 
 import asyncio
-import subprocess
-import sys
 
 import pytest
 from conftest import SEED_DOCUMENTS, SEED_QUERY, ranked_with_details
@@ -92,19 +90,3 @@ def test_bad_arguments_name_the_field(reranker):
         GenrankRerank(reranker="lightblue/lb-reranker-0.5B-v1.0")
     with pytest.raises(ValueError, match="query is empty"):
         GenrankRerank(reranker=reranker).compress_documents(documents(), " ")
-
-
-def test_missing_langchain_names_the_extra():
-    code = ("import sys; sys.modules['langchain_core'] = None\n"
-            "import genrank.integrations\n"
-            "try:\n    import genrank.integrations.langchain\n"
-            "except ImportError as e:\n    print(e)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "pip install 'genrank[langchain]'" in out
-
-
-def test_importing_genrank_integrations_imports_no_framework():
-    code = ("import sys, genrank.integrations; "
-            "print(sorted(m for m in ('langchain_core', 'llama_index', 'haystack') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"

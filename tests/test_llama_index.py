@@ -105,14 +105,3 @@ def test_bad_arguments(reranker):
         GenrankRerank(reranker=reranker, top_n=0)
     with pytest.raises(ValueError, match="needs the query"):
         GenrankRerank(reranker=reranker).postprocess_nodes(nodes())
-
-
-def test_missing_llama_index_names_the_extra():
-    import subprocess
-    import sys
-
-    code = ("import sys; sys.modules['llama_index'] = None; sys.modules['llama_index.core'] = None\n"
-            "try:\n    import genrank.integrations.llama_index\n"
-            "except ImportError as e:\n    print(e)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert "pip install 'genrank[llama-index]'" in out
