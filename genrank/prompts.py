@@ -298,10 +298,7 @@ class PromptBuilder:
         Rendering each pair through Jinja costs far more than tokenizing it; most chat templates
         insert the message content verbatim, so render once with sentinels and check the result.
         """
-        rendered = self._jinja(_SENTINELS["query"], _SENTINELS["document"], _SENTINELS["instruction"])
-        pattern = rendered.replace("{", "{{").replace("}", "}}")
-        for field, sentinel in _SENTINELS.items():
-            pattern = pattern.replace(sentinel, "{" + field + "}")
+        pattern = _pattern(self._jinja(_SENTINELS["query"], _SENTINELS["document"], _SENTINELS["instruction"]))
         for q, d, i in _PROBES:
             if pattern.format(query=q, document=d, instruction=self.template.instruction(i)) != self._jinja(q, d, i):
                 return None
@@ -351,10 +348,7 @@ class PromptBuilder:
     def _segment(self, text: str, strip: tuple[bool, bool]) -> _Segment:
         if not any(s in text for s in _SENTINELS.values()):
             return _Segment(None, tuple(self._encode_split([_strip(text, strip)])[0]))
-        pattern = text.replace("{", "{{").replace("}", "}}")
-        for field, sentinel in _SENTINELS.items():
-            pattern = pattern.replace(sentinel, "{" + field + "}")
-        return _Segment(pattern, strip=strip)
+        return _Segment(_pattern(text), strip=strip)
 
     def _segmented(self, segments: list[_Segment], queries, documents, instructions) -> list[list[int]]:
         """Token ids of pairs from a plan: constant pieces as they are, field pieces encoded per pair."""
@@ -427,6 +421,14 @@ class PromptBuilder:
             (ids,), (text,), _ = self._encode([query], [document], [instruction])
             length = len(ids)
         return query, document, text, ids
+
+
+def _pattern(text: str) -> str:
+    """``text`` rendered with sentinels as a str.format pattern with the fields' names."""
+    pattern = text.replace("{", "{{").replace("}", "}}")
+    for field, sentinel in _SENTINELS.items():
+        pattern = pattern.replace(sentinel, "{" + field + "}")
+    return pattern
 
 
 def _strip(text: str, strip: tuple[bool, bool]) -> str:

@@ -18,19 +18,6 @@ class LabelLogprobs:
     errors: dict[int, str] = field(default_factory=dict)  # prompt index -> why it has no result
     altered: set[int] = field(default_factory=set)  # prompt indices whose content was sent changed
 
-    def __len__(self) -> int:
-        return len(self.values)
-
-    @classmethod
-    def concat(cls, parts: list[LabelLogprobs]) -> LabelLogprobs:
-        """One result for the prompts of ``parts``, in order."""
-        errors, altered, offset = {}, set(), 0
-        for p in parts:
-            errors.update({offset + i: why for i, why in p.errors.items()})
-            altered.update(offset + i for i in p.altered)
-            offset += len(p)
-        return cls(np.concatenate([p.values for p in parts]), errors, altered)
-
     def slice(self, start: int, stop: int) -> LabelLogprobs:
         """The results of prompts ``start:stop``, renumbered from 0."""
         return LabelLogprobs(self.values[start:stop], {i - start: why for i, why in self.errors.items() if start <= i < stop},

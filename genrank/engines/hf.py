@@ -63,15 +63,15 @@ class TransformersEngine:
         self._decoder = self.model.get_decoder()
         if compile:  # one graph for all batch shapes; pays off on GPU for long jobs
             self._decoder = torch.compile(self._decoder, dynamic=True)
-        head = self.model.get_output_embeddings()
-        # The head runs on one position per row, so keep a float32 copy for an exact log-softmax.
-        self._head_weight = head.weight.detach().float()
-        self._head_bias = None if getattr(head, "bias", None) is None else head.bias.detach().float()
         pad = self._tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else (self._tokenizer.eos_token_id or 0)
         self.whole_forward = not self._head_gives_the_models_logits()
         if self.whole_forward:
             log.info("%s: the model's forward changes the LM head's logits; scoring through its whole forward", name)
+        else:  # the head runs on one position per row, so keep a float32 copy for an exact log-softmax
+            head = self.model.get_output_embeddings()
+            self._head_weight = head.weight.detach().float()
+            self._head_bias = None if getattr(head, "bias", None) is None else head.bias.detach().float()
 
     @property
     def tokenizer(self) -> Any:

@@ -65,7 +65,6 @@ from .base import LabelLogprobs, grouped_by_query
 log = logging.getLogger(__name__)
 
 Content = Literal["data", "verbatim"]
-CONTENT = ("data", "verbatim")
 
 _DEFAULT_BASE_URL = "https://api.openai.com/v1"  # the openai package's default
 _MAX_TOP_LOGPROBS = 20  # OpenAI's and vLLM's (default --max-logprobs) limit
@@ -92,6 +91,9 @@ _MIN_LATENCIES = 50
 _MIN_BACKUP_DELAY = 0.05  # seconds
 _BACKUP_BURST = 10.0
 _BACKUP_TICK = 0.005  # seconds: late requests are looked for this often at most
+
+_Request = Callable[[], tuple[URL, bytes, int, int | None]]  # (endpoint, JSON body, token estimate, top logprobs asked)
+_Extract = Callable[[dict], list[float]]  # a response to its (K,) label log-probs
 
 
 class _Transient(Exception):
@@ -212,8 +214,7 @@ class _Hedge:
 
     __slots__ = ("_engine", "_extract", "_owner", "_queue", "_request", "backup", "racing", "since", "won")
 
-    def __init__(self, engine: OpenAIEngine, queue: _Queue, request: Callable[[], tuple[URL, bytes, int, int | None]],
-                 extract: Callable[[dict], list[float]]):
+    def __init__(self, engine: OpenAIEngine, queue: _Queue, request: _Request, extract: _Extract):
         self._engine, self._queue, self._request, self._extract = engine, queue, request, extract
         self._owner = asyncio.current_task()
         self.since = math.inf  # loop time the request went out (or the budget last refused its backup)
@@ -601,13 +602,14 @@ class OpenAIEngine:
     Up to ``concurrency`` requests are in flight (and a few backups, below), shared by every
     call on the engine (a request backing off before a retry does not count); calls are
     thread-safe, and the Reranker's ``score_stream`` keeps ``max_calls_in_flight`` of them going,
-    so a slow pair does not stall the chunks after it. 429, 5xx (but 501 and 505), timeouts, dropped connections and malformed
-    responses are retried up to ``max_retries`` times with exponential backoff and jitter; a
-    ``Retry-After`` (or a 429) pauses every request until the time it names. A pair that still
-    fails, or that the server rejects, is reported in ``LabelLogprobs.errors`` and the rest
-    complete. 401, 403 and 404 raise at once, and so does a rejection that the first 8 requests
-    all got before any succeeded (a setup error, e.g. a model that takes no ``max_tokens``):
-    both as the ``openai`` package's exception for the status, ending every call in flight.
+    so a slow pair does not stall the chunks after it. 429, 5xx (but 501 and 505), timeouts,
+    dropped connections and malformed responses are retried up to ``max_retries`` times with
+    exponential backoff and jitter; a ``Retry-After`` (or a 429) pauses every request until the
+    time it names. A pair that still fails, or that the server rejects, is reported in
+    ``LabelLogprobs.errors`` and the rest complete. 401, 403 and 404 raise at once, and so does
+    a rejection that the first 8 requests all got before any succeeded (a setup error, e.g. a
+    model that takes no ``max_tokens``): both as the ``openai`` package's exception for the
+    status, ending every call in flight.
 
     Backup requests: a request that has had no answer when the 99th percentile of the last 1,000
     answers' latencies has passed since it was sent (at least 50 ms, and not before 50 answers
@@ -652,7 +654,7 @@ class OpenAIEngine:
                  show_progress: bool | None = None, trust_remote_code: bool = False):
         if mode not in ("chat", "completions"):
             raise ValueError(f"mode must be 'chat' or 'completions', got {mode!r}")
-        if content not in CONTENT:
+        if content not in ("data", "verbatim"):
             raise ValueError(f"content must be 'data' (special-token text in a query or document is never read as "
                              f"a control token) or 'verbatim' (chat content sent unchanged), got {content!r}")
         if content == "verbatim" and mode == "completions":
@@ -867,9 +869,8 @@ class OpenAIEngine:
         """Chat mode on a vLLM server with the tokenizer known: genrank's token ids go to /completions."""
         return self.content == "data" and prompts.token_ids is not None and self._server == "vllm"
 
-    async def _post_with_retries(self, queue: _Queue, slot: _Slot,
-                                 request: Callable[[], tuple[URL, bytes, int, int | None]],
-                                 extract: Callable[[dict], list[float]]) -> list[float]:
+    async def _post_with_retries(self, queue: _Queue, slot: _Slot, request: _Request,
+                                 extract: _Extract) -> list[float]:
         """One prompt's label log-probs, retrying transient failures.
 
         A rejection that the first ``_SETUP_PROBES`` requests all got, before any succeeded, is
@@ -891,8 +892,8 @@ class OpenAIEngine:
         self._health.succeeded = True
         return values
 
-    async def _retry(self, queue: _Queue, slot: _Slot, request: Callable[[], tuple[URL, bytes, int, int | None]],
-                     extract: Callable[[dict], list[float]], error: _Transient) -> list[float]:
+    async def _retry(self, queue: _Queue, slot: _Slot, request: _Request, extract: _Extract,
+                     error: _Transient) -> list[float]:
         """The retries after a first attempt that failed with ``error``, by tenacity's rules.
 
         The first attempt goes out without tenacity (its machinery costs more client CPU than a
@@ -913,8 +914,7 @@ class OpenAIEngine:
             raise _Transient(f"{e} (gave up after {attempts} attempts)") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _attempt(self, queue: _Queue, request: Callable[[], tuple[URL, bytes, int, int | None]],
-                       extract: Callable[[dict], list[float]]) -> list[float]:
+    async def _attempt(self, queue: _Queue, request: _Request, extract: _Extract) -> list[float]:
         """One attempt at a request: sent, and sent again (a backup) if it is late.
 
         The backup goes ``_Backups.delay`` seconds after the request was sent, if the budget
@@ -950,21 +950,19 @@ class OpenAIEngine:
                 backup.cancel()
                 await asyncio.wait((backup,))
 
-    def _send_backup(self, queue: _Queue, request: Callable[[], tuple[URL, bytes, int, int | None]],
-                     extract: Callable[[dict], list[float]]) -> asyncio.Task | None:
+    def _send_backup(self, queue: _Queue, request: _Request, extract: _Extract) -> asyncio.Task | None:
         """A late request's backup, in a task of its own; None when the budget is spent."""
         if not self._backups.take():
             return None
         self._progress.backup()
         return queue.loop.create_task(self._backup(queue, request, extract))
 
-    async def _backup(self, queue: _Queue, request: Callable[[], tuple[URL, bytes, int, int | None]],
-                      extract: Callable[[dict], list[float]]) -> list[float]:
+    async def _backup(self, queue: _Queue, request: _Request, extract: _Extract) -> list[float]:
         async with queue.backup_slots:
             return await self._post(queue, request, extract)
 
-    async def _post(self, queue: _Queue, request: Callable[[], tuple[URL, bytes, int, int | None]],
-                    extract: Callable[[dict], list[float]], hedge: _Hedge | None = None) -> list[float]:
+    async def _post(self, queue: _Queue, request: _Request, extract: _Extract,
+                    hedge: _Hedge | None = None) -> list[float]:
         """One request's label log-probs; the queue watches ``hedge`` from when the request goes.
 
         A good answer's latency (from sending to its body) goes to the backup delay.
@@ -1099,7 +1097,7 @@ class OpenAIEngine:
         return URL(f"{base}/{path}").update_query(self._query)
 
 
-def _extractor(labels: Labels, ids: tuple[int, ...] | None):
+def _extractor(labels: Labels, ids: tuple[int, ...] | None) -> _Extract:
     """A function from a response to the (K,) label log-probs.
 
     Tokens are matched to labels by id when the server returns ``token_id:N`` forms, else by text
@@ -1201,9 +1199,9 @@ def _status_error(status: int, url: str, text: str, reason: str) -> openai.APIEr
     return cls(reason, response=response, body=body)
 
 
-def _session(headers: Mapping[str, str], concurrency: int, timeout: float) -> aiohttp.ClientSession:
-    """A session for the running event loop: ``concurrency`` connections, ``timeout`` seconds a request."""
-    return aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=concurrency, ttl_dns_cache=300),
+def _session(headers: Mapping[str, str], connections: int, timeout: float) -> aiohttp.ClientSession:
+    """A session for the running event loop: at most ``connections`` connections, ``timeout`` seconds a request."""
+    return aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(limit=connections, ttl_dns_cache=300),
                                  timeout=aiohttp.ClientTimeout(total=timeout))
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,9 +45,6 @@ class Scheduler:
 
     def __init__(self, reranker: Reranker, metrics: Metrics, *, max_batch_pairs: int = 256, max_wait: float = 0.005,
                  max_pending_pairs: int = 10_000):
-        if max_batch_pairs < 0 or max_wait < 0 or max_pending_pairs < 1:
-            raise ValueError(f"max_batch_pairs ({max_batch_pairs}) and max_wait ({max_wait}) must be >= 0 and "
-                             f"max_pending_pairs ({max_pending_pairs}) >= 1")
         self.reranker = reranker
         self.metrics = metrics
         self.max_batch_pairs = max_batch_pairs
@@ -157,13 +153,13 @@ class Scheduler:
         self.metrics.batch_prompts.observe(sum(len(job.prompts) for job in batch))
         self.metrics.batch_requests.observe(len(batch))
         parts = [job.prompts for job in batch]
-        start = time.perf_counter()
         try:
-            out = await self.reranker.alabel_logprobs(parts[0] if len(parts) == 1 else Prompts.concat(parts))
-            results, offset = [], 0
-            for part in parts:
-                results.append(self.reranker.score_logprobs(part, out.slice(offset, offset + len(part))))
-                offset += len(part)
+            with self.metrics.engine_seconds.time():
+                out = await self.reranker.alabel_logprobs(parts[0] if len(parts) == 1 else Prompts.concat(parts))
+                results, offset = [], 0
+                for part in parts:
+                    results.append(self.reranker.score_logprobs(part, out.slice(offset, offset + len(part))))
+                    offset += len(part)
         except Exception as e:  # the whole call failed: it must fail only the request that broke it
             if len(batch) > 1:  # score each request alone to find out which
                 log.warning("an engine call for %d requests failed (%s: %s); scoring them one by one",
@@ -174,10 +170,9 @@ class Scheduler:
             if not batch[0].future.done():
                 batch[0].future.set_exception(e)
             return
-        finally:
-            self.metrics.engine_seconds.observe(time.perf_counter() - start)
         for job, result in zip(batch, results):
             if not job.future.done():
                 job.future.set_result(result)
+
 
 __all__ = ["QueueFull", "Scheduler"]
