@@ -64,23 +64,29 @@ def test_unknown_engine_is_a_one_line_error(docs_file, capsys):
     assert capsys.readouterr().err.startswith("genrank: error: unknown engine 'nope'; choose one of: auto, hf,")
 
 
-def test_each_option_shows_one_default(capsys):
+@pytest.mark.parametrize("command", ["rank", "eval", "serve"])
+def test_each_option_shows_one_default_in_words(command, capsys):
     with pytest.raises(SystemExit):
-        main(["rank", "--help"])
+        main([command, "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "show only the best K (default: all)" in out and "(default: all) (default: None)" not in out
-    assert out.count("(default:") == out.count("(default: ") and "(default: None) (default:" not in out
+    assert out.count("(default:") == out.count("(default: ") and "(default: None)" not in out
+    if command == "rank":
+        assert "show only the best K (default: all)" in out and "- for standard input (required)" in out
 
 
-def test_a_missing_extra_names_its_install_line(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(("module", "command", "extra"), [
+    ("pytrec_eval", ["eval", "{tmp}"], "eval"),
+    ("ray", ["score", "{tmp}", "-o", "{tmp}/out.jsonl", "--ray"], "ray"),
+])
+def test_a_missing_extra_names_its_install_line(module, command, extra, tmp_path, monkeypatch, capsys):
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytrec_eval" else find_spec(name, *a))
-    assert main(["eval", str(tmp_path)]) == 2
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else find_spec(name, *a))
+    assert main([arg.format(tmp=tmp_path) for arg in command]) == 2
     err = capsys.readouterr().err
-    assert err == ("genrank: error: this command needs pytrec_eval, which is not installed; "
-                   "install it with: pip install 'genrank[eval]'\n")
+    assert err == (f"genrank: error: this command needs {module}, which is not installed; "
+                   f"install it with: pip install 'genrank[{extra}]'\n")
 
 
 def test_docs_files_split_on_newlines_only(tmp_path, tiny_model_dir, capsys):

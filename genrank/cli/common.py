@@ -17,10 +17,12 @@ class CliError(Exception):
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default once: appended, unless the help text already says it."""
+    """Shows each option's default once: appended, unless the help text already says it; required options say so."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        if action.required and action.option_strings:
+            return f"{text} (required)"
         return text if "(default:" in text else super()._get_help_string(action)
 
 
@@ -36,7 +38,8 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     """Options every scoring command shares: model, engine, template and engine settings."""
     g = p.add_argument_group("model and engine")
     g.add_argument("--model", "-m", default=None, help="model id or path (default: the template's default model)")
-    g.add_argument("--engine", "-e", default="auto", help="auto (vLLM when it is installed and a CUDA GPU is present, else hf), hf, vllm, lmdeploy or openai")
+    g.add_argument("--engine", "-e", default="auto",
+                   help="auto (vLLM when it is installed and a CUDA GPU is present, else hf), hf, vllm, lmdeploy or openai")
     g.add_argument("--template", "-t", default=DEFAULT_TEMPLATE, help="template name or path of a .toml file")
     g.add_argument("--max-length", type=int, default=1024, help="max prompt tokens; documents are cut to fit")
     g.add_argument("--long-documents", choices=LONG_DOCUMENTS, default="truncate",

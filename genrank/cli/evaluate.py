@@ -35,12 +35,12 @@ def add_command(sub: Any) -> None:
                                    "top-k candidates; failed pairs are kept last and reported.")
     p.add_argument("data", help="BEIR-format folder")
     p.add_argument("--run", "-r", default=None,
-                   help="first-stage TREC run file; None: BM25 over corpus.jsonl (bm25s)")
+                   help="first-stage TREC run file (default: BM25 over corpus.jsonl, with bm25s)")
     p.add_argument("--split", default="test", help="qrels file: qrels/SPLIT.tsv")
     p.add_argument("--top-k", "-k", type=int, default=100, help="candidates per query to rerank")
     p.add_argument("--max-queries", "-n", type=int, default=None,
-                   help="evaluate only the first N judged queries of queries.jsonl; None: all")
-    p.add_argument("--output", "-o", default=None, help="write the reranked run here as a TREC run file")
+                   help="evaluate only the first N judged queries of queries.jsonl (default: all)")
+    p.add_argument("--output", "-o", default=None, help="write the reranked run here as a TREC run file (default: not written)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     add_model_options(p)
     p.set_defaults(func=cmd_eval)

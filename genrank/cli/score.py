@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import io
 from ..batch import score_file
-from .common import CliError, HelpFormatter, add_model_options, reranker_from_args
+from .common import CliError, HelpFormatter, add_model_options, require, reranker_from_args
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -31,10 +31,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     fields = {"query_field": args.query_field, "document_field": args.document_field, "id_field": args.id_field,
               "documents_field": args.documents_field}
     if args.ray:
-        try:
-            from .. import ray as genrank_ray
-        except ImportError as e:
-            raise ImportError(f"--ray needs Ray Data ({e}); install it with: pip install 'genrank[ray]'") from e
+        require("ray", "ray", "pyarrow")
+        from .. import ray as genrank_ray
+
         if args.shard is not None:
             raise CliError("--shard splits work between machines by hand; --ray does that itself")
         make_reranker = functools.partial(reranker_from_args, args)
@@ -72,9 +71,9 @@ def add_command(sub: Any) -> None:
                     "same OUTPUT with the same settings to resume after an interruption. Exits 1 if any pair "
                     "failed, 2 on an error (the rows done are kept).")
     p.add_argument("input", help="input file: .jsonl, .csv or .parquet")
-    p.add_argument("--output", "-o", required=True, default=argparse.SUPPRESS,
+    p.add_argument("--output", "-o", required=True,
                    help="output file, in the input's format (Parquet: built in OUTPUT.parts/, merged at the end), "
-                        "with its manifest OUTPUT.genrank.json beside it (required)")
+                        "with its manifest OUTPUT.genrank.json beside it")
     p.add_argument("--overwrite", action="store_true",
                    help="start over: remove an earlier OUTPUT, its parts and its manifest (default: resume OUTPUT "
                         "if it was written with the same settings from the same input, else stop; --ray: OUTPUT must "
