@@ -32,12 +32,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from genrank import LabelLogprobs, Labels, Prompts, Reranker
+from genrank import Engine, LabelLogprobs, Labels, Prompts, Reranker
 from genrank.batch import score_file
 
 
-class InstantEngine:
-    """Engine protocol, no model: label log-probs from each prompt's length, at once.
+class InstantEngine(Engine):
+    """An engine without a model: label log-probs from each prompt's length, at once.
 
     With a tokenizer it takes token ids (as the in-process drivers do); without, the chat
     messages (as a server driver does: the server tokenizes).
@@ -45,7 +45,10 @@ class InstantEngine:
 
     def __init__(self, tokenizer):
         self._tokenizer = tokenizer
-        self.prompt_format = "tokens" if tokenizer is not None else "chat"
+
+    @property
+    def prompt_format(self):
+        return "tokens" if self._tokenizer is not None else "chat"
 
     @property
     def tokenizer(self):

@@ -21,6 +21,7 @@ from . import io
 from .io import Fields, Progress
 
 if TYPE_CHECKING:
+    from .engines import Engine
     from .reranker import Reranker
 
 SUFFIX = ".genrank.json"
@@ -140,9 +141,9 @@ def fingerprint(path: str | os.PathLike, format: str) -> dict[str, Any]:
     return {"path": os.path.abspath(path), "size": size, "head_sha256": head, "tail_sha256": tail, "rows": rows}
 
 
-def _model_name(engine: Any) -> str | None:
+def _model_name(engine: Engine) -> str | None:
     """The engine's model name; a local directory as its real path, so ./m and /abs/m are one model."""
-    name = getattr(engine, "model_name", None)
+    name = engine.model_name
     return os.path.realpath(name) if isinstance(name, str) and os.path.isdir(name) else name
 
 

@@ -7,7 +7,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -133,13 +133,16 @@ class Reranker:
         self.long_documents = long_documents
         self.chunk_size = chunk_size
         self.show_progress = show_progress
-        # An engine that cannot take concurrent calls gets one at a time, from any thread.
-        self._calls_in_flight = max(1, int(getattr(self.engine, "max_calls_in_flight", 1)))
-        self._engine_lock = threading.Lock() if self._calls_in_flight == 1 else nullcontext()
-        # Async callers of such an engine queue here (a cancelled caller's call is dropped), not on
-        # the event loop's default executor, whose threads the application needs for other work.
-        self._engine_thread = (ThreadPoolExecutor(1, thread_name_prefix="genrank-engine")
-                               if self._calls_in_flight == 1 else None)
+        calls = self.engine.max_calls_in_flight
+        if not isinstance(calls, int) or isinstance(calls, bool) or calls < 1:
+            raise ValueError(f"engine {type(self.engine).__name__}'s max_calls_in_flight must be a positive integer, "
+                             f"got {calls!r}")
+        self._calls_in_flight = calls
+        # An engine that cannot take concurrent calls gets one at a time, from any thread; async callers
+        # queue on the Reranker's own engine thread (a cancelled caller's call is dropped), not on the
+        # event loop's default executor, whose threads the application needs for other work.
+        self._engine_thread = _EngineThread() if calls == 1 else None
+        self._engine_lock: AbstractContextManager = self._engine_thread.lock if calls == 1 else nullcontext()
 
     def __repr__(self) -> str:
         return f"Reranker(engine={self.engine!r}, template={self.template.name!r}, max_length={self.builder.max_length})"
@@ -290,13 +293,11 @@ class Reranker:
 
     async def alabel_logprobs(self, prompts: Prompts) -> LabelLogprobs:
         """``label_logprobs`` for async code: natively on this event loop when the engine can
-        (cancelling the caller drops its pending requests), else on a worker thread."""
+        (cancelling the caller drops its pending requests), else on the Reranker's engine thread
+        (one call at a time) or, for an engine that takes several, the loop's default executor."""
         if not len(prompts):
             return _no_logprobs(self)
-        native = getattr(self.engine, "alabel_logprobs", None)
-        if native is not None:
-            return await native(prompts, self.builder.labels)
-        return await asyncio.get_running_loop().run_in_executor(self._engine_thread, self.label_logprobs, prompts)
+        return await self.engine.alabel_logprobs(prompts, self.builder.labels, executor=self._engine_thread)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -318,6 +319,22 @@ class Reranker:
         if any(i is not None for i in instructions) and not self.template.takes_instruction:
             raise ValueError(f"template {self.template.name!r} takes no instruction")
         return [i if i is None else check_text(i, f"instructions[{n}]") for n, i in enumerate(instructions)]
+
+
+class _EngineThread(ThreadPoolExecutor):
+    """One worker thread whose calls hold ``lock``, which sync callers hold too: one engine call at a time."""
+
+    def __init__(self) -> None:
+        super().__init__(1, thread_name_prefix="genrank-engine")
+        self.lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        return super().submit(_holding, self.lock, fn, *args, **kwargs)
+
+
+def _holding(lock: threading.Lock, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+    with lock:
+        return fn(*args, **kwargs)
 
 
 def prefetch(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:

@@ -9,23 +9,24 @@ import numpy as np
 import pytest
 from conftest import SEED_DOCUMENTS, SEED_QUERY
 
-from genrank import Reranker
+from genrank import Engine, Reranker
 
 QUERIES = [SEED_QUERY, "Who wrote Moby-Dick?", "Which novels did Jane Austen write?", "Best selling fantasy books",
            "Jazz Age millionaire"]
 
 
-class WatchedEngine:
+class WatchedEngine(Engine):
     """The tiny model's engine, recording overlapping calls, the threads it ran on and the ticks seen meanwhile."""
 
     def __init__(self, engine, delay: float = 0.0):
         self.engine, self.delay = engine, delay
-        self.prompt_format = engine.prompt_format
         self.running = self.most_running = self.calls = self.done = 0
         self.threads: set[int] = set()
         self.ticks_during: list[int] = []
         self.ticks = 0
         self._lock = threading.Lock()
+
+    prompt_format = "tokens"
 
     @property
     def tokenizer(self):

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import SEED_DOCUMENTS, SEED_QUERY
 
-from genrank import LabelLogprobs, Reranker
+from genrank import Engine, LabelLogprobs, Reranker
 from genrank.batch import BatchSummary, score_file
 from genrank.cli import main
 
@@ -76,10 +76,11 @@ def assert_matches(rows, expected, ids):
         assert r.get("error") is None
 
 
-class FailingEngine:
+class FailingEngine(Engine):
     """The tiny model, but documents containing "FAIL" get an engine error and call ``crash_on``
     (1-based) raises, as if the process died there."""
 
+    kind = "hf"
     prompt_format = "tokens"
 
     def __init__(self, engine, crash_on=None, error="server said no"):
@@ -434,15 +435,19 @@ def test_an_input_without_ids_is_checked_too(tmp_path, reranker):
     assert out.read_bytes() == before
 
 
-class RenamedEngine:
+class RenamedEngine(Engine):
     """The tiny model under another model name."""
 
+    kind = "hf"
     prompt_format = "tokens"
     model_name = "another/model"
 
     def __init__(self, engine):
         self.engine = engine
-        self.tokenizer = engine.tokenizer
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
 
     def label_logprobs(self, prompts, labels):
         return self.engine.label_logprobs(prompts, labels)
@@ -498,11 +503,12 @@ def test_a_resume_with_other_settings_is_refused_naming_the_change(tmp_path, hf_
     assert run(same).pairs == 0
 
 
-class StoppingEngine:
+class StoppingEngine(Engine):
     """The tiny model behind an engine that takes several calls at once, like a remote one, and
     from its ``fail_on``-th call raises the error that stops a run (as the OpenAI driver does once
     the first requests were all rejected alike)."""
 
+    kind = "hf"
     prompt_format = "tokens"
 
     class SetupError(RuntimeError):
@@ -511,7 +517,11 @@ class StoppingEngine:
     def __init__(self, engine, fail_on, max_calls_in_flight=3):
         self.engine, self.fail_on, self.max_calls_in_flight = engine, fail_on, max_calls_in_flight
         self.calls, self.lock = 0, threading.Lock()
-        self.tokenizer, self.model_name = engine.tokenizer, engine.model_name
+        self.model_name = engine.model_name
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
 
     def label_logprobs(self, prompts, labels):
         with self.lock:  # the tiny model itself takes one call at a time

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genrank import LabelLogprobs, Reranker
+from genrank import Engine, LabelLogprobs, Reranker
 from genrank.cli import main
 from genrank.evaluate import bm25_run, compute_metrics, evaluate_reranker, load_beir, read_trec_run, write_trec_run
 
@@ -87,7 +87,7 @@ def test_bm25_returns_documents_sharing_a_term_best_first():
     assert [d for d, _ in bm25_run(data.corpus, data.queries, k=1)["q2"]] == ["d4"]
 
 
-class LabelPerDocument:
+class LabelPerDocument(Engine):
     """A chat engine that answers one label per document text (all probability on it), or fails."""
 
     prompt_format = "chat"

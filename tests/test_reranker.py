@@ -7,7 +7,7 @@ import torch
 from conftest import SEED_DOCUMENTS, SEED_QUERY
 from transformers import AutoModelForCausalLM
 
-from genrank import LabelLogprobs, Reranker, ScoringError, load_template
+from genrank import Engine, LabelLogprobs, Reranker, ScoringError, load_template
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +235,7 @@ def test_instruction_needs_an_instruction_template(hf_engine):
     assert not np.allclose(rr.score(pairs), other.score(pairs))
 
 
-class FailingEngine:
+class FailingEngine(Engine):
     """An engine that cannot score the second prompt of every batch (like a remote pair that ran out of retries)."""
 
     prompt_format = "tokens"

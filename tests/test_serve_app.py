@@ -12,11 +12,11 @@ import pytest
 from conftest import SEED_DOCUMENTS, SEED_QUERY
 
 pytest.importorskip("fastapi")
-from genrank import Reranker
+from genrank import Engine, Reranker
 from genrank.serve import ServeSettings, create_app
 
 
-class PoisonEngine:
+class PoisonEngine(Engine):
     """The transformers engine, except that a call holding a document with "[[poison]]" raises.
 
     A real engine fails a whole call on demand only this way (a remote engine's per-pair failures

@@ -1,4 +1,4 @@
-"""Engine drivers. Each lives in its own module and is imported only when asked for."""
+"""Engine drivers, each a subclass of ``Engine`` in its own module, imported only when asked for."""
 
 from __future__ import annotations
 
@@ -58,7 +58,9 @@ def make_engine(engine: str | Engine, model: str | None, **kwargs: Any) -> Engin
             raise TypeError(f"engine options {sorted(kwargs)} were given with an engine instance; "
                             "pass them to the engine's constructor instead")
         if not isinstance(engine, Engine):
-            raise TypeError(f"engine must be a name or an Engine, got {type(engine).__name__}")
+            raise TypeError(f"engine must be a name or an instance of a genrank.engines.Engine subclass, got "
+                            f"{type(engine).__name__}; subclass Engine (it provides every member but prompt_format, "
+                            "tokenizer and label_logprobs)")
         return engine
     cls = engine_class(engine)
     if model is None:

@@ -1,9 +1,12 @@
-"""The engine protocol: prompts in, first-token label log-probabilities out."""
+"""The engine base class: prompts in, first-token label log-probabilities out."""
 
 from __future__ import annotations
 
+import asyncio
+from abc import ABC, abstractmethod
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -24,28 +27,81 @@ class LabelLogprobs:
                              {i - start for i in self.altered if start <= i < stop})
 
 
-@runtime_checkable
-class Engine(Protocol):
+class Engine(ABC):
     """A driver that reads label log-probabilities at the first generated position.
 
-    ``prompt_format`` says what the engine consumes: ``"tokens"`` (``Prompts.token_ids``, rendered
-    and truncated by genrank; needs ``tokenizer``) or ``"chat"`` (``Prompts.chats()``, for servers
-    that apply their own chat template; ``tokenizer`` may be None). Engines neither build prompts
-    nor compute scores.
+    A subclass provides ``prompt_format``, ``tokenizer`` and ``label_logprobs``; every other
+    member has a default here. ``prompt_format`` says what the engine consumes: ``"tokens"``
+    (``Prompts.token_ids``, rendered and truncated by genrank; needs ``tokenizer``) or ``"chat"``
+    (``Prompts.chats()``, for servers that apply their own chat template; ``tokenizer`` may be
+    None). Engines neither build prompts nor compute scores.
 
-    Optional members: ``async alabel_logprobs(prompts, labels)`` runs on the caller's event loop
-    (remote engines; the async API awaits it instead of using a thread), and
-    ``max_calls_in_flight``, how many ``label_logprobs`` calls may run at once from different
-    threads (1 when absent: the Reranker then runs one call at a time), and ``model_name``, the
-    model's name or path (what a resumed batch run checks it still scores with).
+    ``kind`` and ``scoring_method`` are what a resumed batch run checks, with ``model_name``,
+    that it still scores the same way: they change scores for the same settings (vLLM's pooling
+    renormalises over the labels; reading the top log-probabilities misses labels outside them).
+    An engine that learns its method from a server decides it when ``scoring_method`` is read.
     """
 
-    prompt_format: Literal["tokens", "chat"]
+    #: The driver: "hf", "vllm", "lmdeploy", "openai"; a user engine's class, ``module.QualifiedName``.
+    kind: ClassVar[str]
+    #: How many ``label_logprobs`` calls may run at once from different threads; at 1 the Reranker
+    #: runs one call at a time, async callers queued on its own engine thread.
+    max_calls_in_flight: int = 1
+    #: True when ``alabel_logprobs`` runs on the caller's event loop (a remote engine, which spreads
+    #: one call's prompts over its own connections); False when it runs ``label_logprobs`` on a
+    #: worker thread, so the service batches concurrent requests into one call.
+    native_async: ClassVar[bool] = False
+    #: The model's name or path (None when unknown): what a resumed batch run checks it still scores with.
+    model_name: str | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" not in cls.__dict__:
+            cls.kind = f"{cls.__module__}.{cls.__qualname__}"
 
     @property
-    def tokenizer(self) -> Any | None: ...
+    @abstractmethod
+    def prompt_format(self) -> Literal["tokens", "chat"]:
+        """``"tokens"`` or ``"chat"`` (a class attribute in most engines)."""
 
-    def label_logprobs(self, prompts: Prompts, labels: Labels) -> LabelLogprobs: ...
+    @property
+    @abstractmethod
+    def tokenizer(self) -> Any | None:
+        """The model's tokenizer (None for a chat engine that has none)."""
+
+    @property
+    def scoring_method(self) -> str:
+        """How the label log-probabilities are read, where an engine has more than one way."""
+        return "default"
+
+    @abstractmethod
+    def label_logprobs(self, prompts: Prompts, labels: Labels) -> LabelLogprobs:
+        """The (N, K) label log-probabilities of N prompts, in input order; per-prompt failures in ``errors``."""
+
+    async def alabel_logprobs(self, prompts: Prompts, labels: Labels, *,
+                              executor: Executor | None = None) -> LabelLogprobs:
+        """``label_logprobs`` for async code: run on ``executor``'s thread (the Reranker passes its
+        own engine thread), or the event loop's default executor when None."""
+        return await asyncio.get_running_loop().run_in_executor(executor, self.label_logprobs, prompts, labels)
+
+    def close(self) -> None:
+        """Release what the engine holds (connections, threads). Closing is final. No-op by default."""
+
+    async def aclose(self) -> None:
+        """``close`` for async code."""
+        self.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
 
 def grouped_by_query(prompts: Prompts) -> list[int]:

@@ -11,12 +11,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..prompts import Labels, Prompts
-from .base import LabelLogprobs
+from .base import Engine, LabelLogprobs
 
 log = logging.getLogger(__name__)
 
 
-class TransformersEngine:
+class TransformersEngine(Engine):
     """Prefill-only scoring with a transformers causal LM.
 
     Prompts are sorted by length and cut into batches whose padded size stays under
@@ -33,6 +33,7 @@ class TransformersEngine:
     options apply only when loading a model by name.
     """
 
+    kind = "hf"
     prompt_format = "tokens"
 
     def __init__(self, model: str | PreTrainedModel, *, tokenizer: Any | None = None,
@@ -81,6 +82,11 @@ class TransformersEngine:
     def model_name(self) -> str:
         """The model's name or path, as loaded."""
         return self.model.name_or_path
+
+    @property
+    def scoring_method(self) -> str:
+        """An exact float32 log-softmax over the whole vocabulary."""
+        return "full_vocabulary"
 
     def __repr__(self) -> str:
         return f"TransformersEngine(model={self.model.name_or_path!r}, device={str(self.device)!r}, dtype={self.model.dtype})"

@@ -40,14 +40,14 @@ import numpy as np
 from lmdeploy import GenerationConfig, PytorchEngineConfig, TurbomindEngineConfig
 
 from ..prompts import Labels, Prompts
-from .base import LabelLogprobs, grouped_by_query
+from .base import Engine, LabelLogprobs, grouped_by_query
 
 MAX_TOP_LOGPROBS = 1024  # TurboMind's kMaxLogProb
 
 log = logging.getLogger(__name__)
 
 
-class LMDeployEngine:
+class LMDeployEngine(Engine):
     """Score prompts with an LMDeploy pipeline, either created here or the caller's own.
 
     ``LMDeployEngine("lightblue/lb-reranker-0.5B-v1.0")`` creates ``lmdeploy.pipeline(model,
@@ -59,6 +59,7 @@ class LMDeployEngine:
     than ``session_len``) gets an error entry.
     """
 
+    kind = "lmdeploy"
     prompt_format = "tokens"
 
     def __init__(self, model: str | None = None, *, pipeline: Any | None = None,
@@ -95,6 +96,11 @@ class LMDeployEngine:
     def model_name(self) -> str:
         """The model's name or path, as the pipeline loaded it."""
         return str(getattr(self.pipeline.async_engine, "model_name", None) or self._tokenizer.name_or_path)
+
+    @property
+    def scoring_method(self) -> str:
+        """The top log-probabilities read (labels outside them count 0)."""
+        return f"top_logprobs={self.top_logprobs}"
 
     def __repr__(self) -> str:
         return f"LMDeployEngine(backend={self.backend!r}, top_logprobs={self.top_logprobs})"

@@ -29,7 +29,7 @@ from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
 
 from ..prompts import Labels, Prompts
-from .base import LabelLogprobs, grouped_by_query
+from .base import Engine, LabelLogprobs, grouped_by_query
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 _HAS_LABEL_IDS = "logprob_token_ids" in getattr(SamplingParams, "__struct_fields__", ())
 
 
-class VLLMEngine:
+class VLLMEngine(Engine):
     """Score prompts with a ``vllm.LLM``, either created here or the caller's own.
 
     ``VLLMEngine("lightblue/lb-reranker-0.5B-v1.0", dtype="bfloat16")`` creates ``vllm.LLM(model,
@@ -51,6 +51,7 @@ class VLLMEngine:
     ``max_model_len`` get an error entry instead of failing the batch.
     """
 
+    kind = "vllm"
     prompt_format = "tokens"
 
     def __init__(self, model: str | None = None, *, llm: vllm.LLM | None = None,
@@ -97,6 +98,13 @@ class VLLMEngine:
     def model_name(self) -> str:
         """The model's name or path, as loaded."""
         return self._llm.llm_engine.model_config.model if self._llm is not None else self._model
+
+    @property
+    def scoring_method(self) -> str:
+        """"pooling" (renormalised over the labels), "logprob_token_ids" (exact), or "top_logprobs=K" (older vLLM)."""
+        if self.method == "pooling":
+            return "pooling"
+        return "logprob_token_ids" if _HAS_LABEL_IDS else f"top_logprobs={self._llm.llm_engine.model_config.max_logprobs}"
 
     @property
     def llm(self) -> vllm.LLM | None:

@@ -88,7 +88,7 @@ class GenrankRerank(BaseNodePostprocessor):
 
     def _start(self, nodes: list[NodeWithScore], query_bundle: QueryBundle) -> AbstractContextManager[EventContext]:
         """Report the reranking to LlamaIndex's instrumentation and callbacks, as its own rerankers do."""
-        model = str(getattr(self._reranker.engine, "model_name", type(self._reranker.engine).__name__))
+        model = self._reranker.engine.model_name or type(self._reranker.engine).__name__
         dispatcher.event(ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=model))
         return self.callback_manager.event(CBEventType.RERANKING, payload={
             EventPayload.NODES: nodes, EventPayload.MODEL_NAME: model,

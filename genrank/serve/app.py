@@ -66,7 +66,7 @@ class Service:
     @property
     def model_name(self) -> str:
         engine = self.reranker.engine if self.reranker is not None else None
-        return self.settings.model_name or str(getattr(engine, "model_name", None) or "genrank")
+        return self.settings.model_name or (engine is not None and engine.model_name) or "genrank"
 
     async def load(self) -> None:
         """Load the Reranker on a worker thread (the server answers /health with 503 meanwhile)."""
@@ -92,9 +92,8 @@ class Service:
         """Stop the scheduler; close the engine's connections if this service made the Reranker."""
         if self.scheduler is not None:
             await self.scheduler.stop()
-        aclose = getattr(self.reranker.engine, "aclose", None) if self.reranker is not None else None
-        if aclose is not None and not isinstance(self._source, Reranker):
-            await aclose()
+        if self.reranker is not None and not isinstance(self._source, Reranker):
+            await self.reranker.engine.aclose()
 
     def ready(self) -> tuple[Reranker, Scheduler]:
         if self.reranker is None or self.scheduler is None:

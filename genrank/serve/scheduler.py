@@ -36,7 +36,7 @@ class Scheduler:
     request a call of its own. Calls go through ``Reranker.alabel_logprobs`` (the Reranker's
     engine thread), ``max_calls_in_flight`` of them at once (one by default).
 
-    An engine with a native ``alabel_logprobs`` (a remote server) takes each request as it comes
+    A ``native_async`` engine (a remote server) takes each request as it comes
     and spreads its prompts over its own concurrent connections.
 
     A request cancelled while it waits (its client went away, it timed out) is dropped before
@@ -50,12 +50,12 @@ class Scheduler:
         self.max_batch_pairs = max_batch_pairs
         self.max_wait = max_wait
         self.max_pending_pairs = max_pending_pairs
-        self.native = getattr(reranker.engine, "alabel_logprobs", None) is not None
+        self.native = reranker.engine.native_async
         self.pending_pairs = 0
         self._waiting: deque[_Job] = deque()
         self._arrived = asyncio.Event()
         self._workers: list[asyncio.Task] = []
-        self._calls = max(1, int(getattr(reranker.engine, "max_calls_in_flight", 1)))
+        self._calls = reranker.engine.max_calls_in_flight
         metrics.watch_queue(self.queued_prompts, lambda: self.pending_pairs)
 
     def queued_prompts(self) -> int:
