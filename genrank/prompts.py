@@ -117,11 +117,18 @@ def neutralise_text(text: str, special_tokens: re.Pattern) -> str:
     """``text`` with a word joiner (U+2060) after the first character of each special-token string.
 
     The tokenizer then reads that text as ordinary characters, never as the control token; the
-    model sees the string with one invisible character added.
+    model sees the string with one invisible character added. Overlapping strings are each split;
+    a one-character special token cannot be split and becomes U+FFFD (the replacement character).
     """
-    while special_tokens.search(text):
-        text = special_tokens.sub(lambda m: m[0][0] + _WORD_JOINER + m[0][1:], text)
-    return text
+    # Every position where a special-token string starts, overlapping ones included, in one pass.
+    starts = re.compile(f"(?=(?:{special_tokens.pattern}))", special_tokens.flags)
+    pieces, done = [], 0
+    for m in starts.finditer(text):
+        at = m.start()
+        char = text[at]
+        pieces += [text[done:at], "\ufffd" if special_tokens.fullmatch(char) else char + _WORD_JOINER]
+        done = at + 1
+    return "".join(pieces) + text[done:] if pieces else text
 
 
 def special_tokens_pattern(tokenizer: Any) -> re.Pattern | None:

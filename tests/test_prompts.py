@@ -176,3 +176,26 @@ def test_chat_template_that_rejects_the_chat_names_tokenizer_and_template(tiny_m
     with pytest.raises(TemplateError, match=r"tokenizer '.*tiny-qwen2' cannot render a chat of template "
                                             r"'lb-reranker-v1': System role not supported"):
         PromptBuilder(load_template(), tok)
+
+
+@pytest.mark.parametrize("specials, text", [
+    (["§"], "a § b §§"),  # a one-character special token: no joiner can split it
+    (["<|x", "x|>"], "<|x|> and <|x|>x|>"),  # overlapping special tokens
+])
+def test_neutralised_text_holds_no_special_token(tiny_model_dir, specials, text):
+    import threading
+
+    from transformers import AutoTokenizer
+
+    from genrank.prompts import neutralise_text, special_tokens_pattern
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.add_special_tokens({"additional_special_tokens": specials})
+    special_ids = set(tok.all_special_ids)
+    out = []
+    worker = threading.Thread(target=lambda: out.append(neutralise_text(text, special_tokens_pattern(tok))), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert out, "neutralise_text did not return"
+    assert not special_ids & set(tok(out[0], add_special_tokens=False)["input_ids"])
+    assert out[0] != text
