@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .engines import Engine, LabelLogprobs, make_engine
 from .prompts import LONG_DOCUMENTS, LongDocuments, PromptBuilder, Prompts
-from .scorer import expected_scores, unit_interval
+from .scorer import expected_scores, unit_interval, warn_zero_mass
 from .templates import DEFAULT_TEMPLATE, Template, load_template
 
 T = TypeVar("T")
@@ -210,13 +210,14 @@ class Reranker:
         """Scores of the pairs of ``prompts`` from the engine's answer for them.
 
         A pair whose document was split into windows gets its best window's score and label mass;
-        it fails if any of its windows failed.
+        it fails if any of its windows failed. ``zero_mass`` counts pairs whose (best window's)
+        label mass is zero.
         """
         values, failed = out.values, list(out.errors)
         if failed:
             values = values.copy()
             values[failed] = 0.0  # placeholder rows, replaced by NaN below
-        scores = expected_scores(values, self.template.values, normalize=self.normalize)
+        scores = expected_scores(values, self.template.values, normalize=self.normalize, warn=False)
         score, mass, errors = scores.score, scores.label_mass, dict(out.errors)
         score[failed] = np.nan
         mass[failed] = np.nan
@@ -226,7 +227,10 @@ class Reranker:
         if prompts.pair_index is not None:
             score, mass, truncated, altered, errors, windows = _best_windows(prompts.pair_index, score, mass,
                                                                              truncated, altered, errors)
-        return ScoredPairs(score, mass, truncated, errors, scores.zero_mass,
+        zero_mass = int(np.count_nonzero(mass == 0))  # NaN (failed) is not zero
+        if zero_mass:
+            warn_zero_mass(zero_mass, len(score), min(self.template.values) if self.normalize else 0.0)
+        return ScoredPairs(score, mass, truncated, errors, zero_mass,
                            unit_interval(score, self.template.values), altered, windows)
 
     def score_stream(self, items: Iterable[tuple[T, Prompts | None]]) -> Iterator[tuple[T, ScoredPairs | None]]:

@@ -21,14 +21,16 @@ class Scores:
     zero_mass: int  # pairs whose label mass was 0
 
 
-def expected_scores(logprobs: np.ndarray, values: np.ndarray | list[float], *, normalize: bool = True) -> Scores:
+def expected_scores(logprobs: np.ndarray, values: np.ndarray | list[float], *, normalize: bool = True,
+                    warn: bool = True) -> Scores:
     """Expected label value under the first-token distribution.
 
     ``logprobs`` is (N, K): the log-probability of each label token at the first generated
     position, ``-inf`` where an engine did not see the label. With ``normalize`` the label
     probabilities are renormalised to sum 1 (the default); without, the sum is taken as is and
     missing labels count 0 (the lb-reranker card's formula). A pair with zero label mass gets the
-    lowest label value when normalising (0 without) and is counted in ``zero_mass``.
+    lowest label value when normalising (0 without) and is counted in ``zero_mass``, with a
+    ``ZeroLabelMassWarning`` unless ``warn`` is False.
     """
     lp = np.asarray(logprobs, dtype=np.float64)
     vals = np.asarray(values, dtype=np.float64)
@@ -49,10 +51,15 @@ def expected_scores(logprobs: np.ndarray, values: np.ndarray | list[float], *, n
     else:
         score = np.exp(lp) @ vals
     zero = int((~seen).sum())
-    if zero:
-        warnings.warn(f"{zero} of {len(lp)} pairs put no probability on any label "
-                      f"(scored {vals.min() if normalize else 0.0:g})", ZeroLabelMassWarning, stacklevel=2)
+    if zero and warn:
+        warn_zero_mass(zero, len(lp), vals.min() if normalize else 0.0, stacklevel=3)
     return Scores(score=score, label_mass=mass, zero_mass=zero)
+
+
+def warn_zero_mass(zero: int, pairs: int, scored: float, *, stacklevel: int = 2) -> None:
+    """The ``ZeroLabelMassWarning`` for ``zero`` of ``pairs`` pairs, which got the score ``scored``."""
+    warnings.warn(f"{zero} of {pairs} pairs put no probability on any label (scored {scored:g})",
+                  ZeroLabelMassWarning, stacklevel=stacklevel + 1)
 
 
 def unit_interval(score: np.ndarray, values: np.ndarray | list[float]) -> np.ndarray:

@@ -7,7 +7,7 @@ import torch
 from conftest import SEED_DOCUMENTS, SEED_QUERY
 from transformers import AutoModelForCausalLM
 
-from genrank import Engine, LabelLogprobs, Reranker, ScoringError, load_template
+from genrank import Engine, LabelLogprobs, Reranker, ScoringError, ZeroLabelMassWarning, load_template
 
 
 @pytest.fixture(scope="module")
@@ -339,6 +339,33 @@ def test_long_documents_in_chunks_find_a_relevant_passage_at_the_end(hf_engine):
     assert mixed.score[0] == pytest.approx(rr.score([(SEED_QUERY, "short")])[0], abs=1e-5)
     with pytest.raises(ValueError, match="long_documents must be one of"):
         Reranker(engine=hf_engine, long_documents="split")
+
+
+class SilentOnEngine(Engine):
+    """The tiny model, except that a prompt whose document holds "whale" puts no probability on any label."""
+
+    prompt_format = "tokens"
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    @property
+    def tokenizer(self):
+        return self.inner.tokenizer
+
+    def label_logprobs(self, prompts, labels):
+        out = self.inner.label_logprobs(prompts, labels)
+        out.values[["whale" in d for d in prompts.documents]] = -np.inf
+        return out
+
+
+def test_zero_label_mass_counts_pairs_not_windows(hf_engine):
+    rr = Reranker(engine=SilentOnEngine(hf_engine), max_length=128, long_documents="chunks")
+    silent, mixed = "whale " * 300, "whale " * 300 + "Harper Lee " * 40  # several windows each; only mixed's last speaks
+    with pytest.warns(ZeroLabelMassWarning, match="^1 of 3 pairs put no probability on any label"):
+        d = rr.score_details([(SEED_QUERY, silent), (SEED_QUERY, mixed), (SEED_QUERY, "short")])
+    assert d.windows[0] >= 3 and d.windows[1] >= 3
+    assert d.zero_mass == 1 and d.label_mass[0] == 0 and d.label_mass[1] > 0
 
 
 def test_max_document_tokens_cuts_each_document_first(rr, tiny_tokenizer):
