@@ -1,7 +1,7 @@
 """The manifest beside a batch output: the run that writes it, its input, and how much of it is done.
 
-``OUTPUT.genrank.json`` records the settings that decide the scores (model, template, max_length,
-normalize, instruction, long_documents) and which rows go where (fields, format, shard and, for a
+``OUTPUT.genrank.json`` records the settings that decide the scores (model, engine kind and its
+scoring method, template, max_length, normalize, instruction, long_documents) and which rows go where (fields, format, shard and, for a
 shard, chunk_size), a fingerprint of the input, and the extent of the output known to be on disk.
 A rerun resumes only when its settings and input match, so one output never mixes scores of two
 runs; ``Manifest.save`` replaces the file atomically, so it always describes durable rows.
@@ -29,7 +29,8 @@ VERSION = 1
 SAMPLE_BYTES = 1 << 20  # hashed at each end of the input
 
 # Setting -> how a message names it (the command-line flag where there is one).
-_NAMES = {"model": "--model", "template": "--template", "max_length": "--max-length",
+_NAMES = {"model": "--model", "engine": "--engine", "scoring_method": "the engine's scoring method",
+          "template": "--template", "max_length": "--max-length",
           "normalize": "label normalisation (off with --card-formula)", "instruction": "--instruction",
           "long_documents": "--long-documents", "format": "--format", "query_field": "--query-field",
           "document_field": "--document-field", "id_field": "--id-field", "documents_field": "--documents-field",
@@ -58,6 +59,10 @@ class Manifest:
         content = json.dumps(dataclasses.asdict(template), sort_keys=True).encode()
         settings = {
             "model": _model_name(reranker.engine),
+            # Engines score the same settings differently (vLLM's pooling renormalises over the labels;
+            # top log-probabilities miss labels outside them): a resume keeps both.
+            "engine": reranker.engine.kind,
+            "scoring_method": reranker.engine.scoring_method,
             "template": {"name": template.name, "sha256": hashlib.sha256(content).hexdigest()},
             "max_length": reranker.builder.max_length,
             "normalize": reranker.normalize,
@@ -112,7 +117,9 @@ class Manifest:
             old, new = self.settings.get(key), run.settings.get(key)
             if old == new:
                 continue
-            if key == "template" and old and new and old["name"] == new["name"]:
+            if old is None and key in ("engine", "scoring_method"):
+                changed.append(f"{name} was not recorded (an older genrank wrote the manifest), now {_shown(new)}")
+            elif key == "template" and old and new and old["name"] == new["name"]:
                 changed.append(f"the template {new['name']!r} was edited (content sha256 {old['sha256'][:12]}..., "
                                f"now {new['sha256'][:12]}...)")
             elif key == "template":

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 
 import numpy as np
 import pyarrow as pa
@@ -453,6 +454,26 @@ class RenamedEngine(Engine):
         return self.engine.label_logprobs(prompts, labels)
 
 
+class ScoredOtherwise(Engine):
+    """The tiny model, reported as another engine kind or scoring method."""
+
+    prompt_format = "tokens"
+
+    def __init__(self, engine, kind="hf", scoring_method="full_vocabulary"):
+        self.engine, self.kind, self.method, self.model_name = engine, kind, scoring_method, engine.model_name
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    @property
+    def scoring_method(self):
+        return self.method
+
+    def label_logprobs(self, prompts, labels):
+        return self.engine.label_logprobs(prompts, labels)
+
+
 def edited(name):
     import dataclasses
 
@@ -463,6 +484,10 @@ def edited(name):
 
 SETTING_CHANGES = {  # (first run, rerun, the difference named)
     "model": ({}, {"engine": RenamedEngine}, r"--model was '.*tiny-qwen2', now 'another/model'"),
+    "engine": ({}, {"engine": partial(ScoredOtherwise, kind="vllm", scoring_method="logprob_token_ids")},
+               r"--engine was 'hf', now 'vllm'; the engine's scoring method was 'full_vocabulary', now 'logprob_token_ids'"),
+    "scoring method": ({}, {"engine": partial(ScoredOtherwise, scoring_method="top_logprobs=20")},
+                       r"the engine's scoring method was 'full_vocabulary', now 'top_logprobs=20'"),
     "template": ({}, {"template": "lb-reranker-v1-instruct"},
                  r"--template was 'lb-reranker-v1', now 'lb-reranker-v1-instruct'"),
     "template edited": ({}, {"template": edited("lb-reranker-v1")},
@@ -687,3 +712,15 @@ def test_a_run_started_in_process_resumes_through_a_vllm_server_of_the_same_mode
     summary = score_file(src, out, remote, chunk_size=2)  # another engine, several calls at once, other chunks
     assert (summary.skipped, summary.pairs, summary.failed) == (8, 4, 0)
     assert_matches(read_output(out), expected, [p["id"] for p in PAIRS[:12]])
+
+
+def test_a_manifest_that_does_not_record_the_engine_is_not_resumed(tmp_path, reranker):
+    src = write_input(tmp_path / "in.jsonl", PAIRS[:4])
+    out = tmp_path / "out.jsonl"
+    score_file(src, out, reranker, chunk_size=2)
+    path = out.with_name(out.name + ".genrank.json")
+    data = json.loads(path.read_text())
+    del data["settings"]["engine"], data["settings"]["scoring_method"]  # as an older genrank wrote it
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"--engine was not recorded \(an older genrank wrote the manifest\), now 'hf'"):
+        score_file(src, out, reranker)
