@@ -8,8 +8,8 @@ Chunks of ``chunk_size`` input rows are read, scored and appended to the output,
 flat; the next chunk's prompts are built while the engine scores the current one. Each chunk is
 on disk (fsync'd) before the manifest beside the output (``OUTPUT.genrank.json``, see
 ``genrank.manifest``) counts it as done. Rerunning on the same output resumes after the rows done,
-if the settings that decide the scores and the input are the same (the engine and its concurrency
-may change); anything else is refused before a file is touched. ``shard=(i, n)`` scores chunks
+if the settings that decide the scores (the engine kind and scoring method among them) and the
+input are the same (the engine's concurrency may change); anything else is refused before a file is touched. ``shard=(i, n)`` scores chunks
 i, i+n, i+2n, ... so that n machines split one input without overlap.
 """
 
