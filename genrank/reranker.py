@@ -105,6 +105,10 @@ class Reranker:
     Every method has an async twin (``arank``, ``arerank``, ``ascore``, ``ascore_details``): a
     remote engine runs on the caller's event loop, an in-process one on a worker thread, one call
     at a time.
+
+    ``close()`` (or ``with Reranker(...) as rr:``; ``aclose()``, ``async with``) shuts the
+    Reranker's worker thread and closes the engine if the Reranker made it from a name; an engine
+    instance passed in stays open for its owner to close. Closing is final.
     """
 
     def __init__(self, model: str | None = None, *, engine: str | Engine = "auto",
@@ -123,20 +127,27 @@ class Reranker:
         if long_documents not in LONG_DOCUMENTS:
             raise ValueError(f"long_documents must be one of {LONG_DOCUMENTS}, got {long_documents!r}")
         self.engine = make_engine(engine, model or self.template.default_model, **engine_options)
-        self.builder = PromptBuilder(self.template, self.engine.tokenizer, max_length)
-        if self.engine.prompt_format == "tokens" and self.builder.labels.token_ids is None:
-            raise ValueError(f"engine {type(self.engine).__name__} needs a tokenizer")
-        if long_documents == "chunks" and self.engine.tokenizer is None:
-            raise ValueError("long_documents='chunks' needs the model's tokenizer (pass tokenizer=... to the engine)")
+        self._owns_engine = isinstance(engine, str)  # made here: closed here
+        self._closed, self._closing = False, threading.Lock()
+        try:
+            self.builder = PromptBuilder(self.template, self.engine.tokenizer, max_length)
+            if self.engine.prompt_format == "tokens" and self.builder.labels.token_ids is None:
+                raise ValueError(f"engine {type(self.engine).__name__} needs a tokenizer")
+            if long_documents == "chunks" and self.engine.tokenizer is None:
+                raise ValueError("long_documents='chunks' needs the model's tokenizer (pass tokenizer=... to the engine)")
+            calls = self.engine.max_calls_in_flight
+            if not isinstance(calls, int) or isinstance(calls, bool) or calls < 1:
+                raise ValueError(f"engine {type(self.engine).__name__}'s max_calls_in_flight must be a positive "
+                                 f"integer, got {calls!r}")
+        except BaseException:
+            if self._owns_engine:
+                self.engine.close()
+            raise
         self.normalize = self.template.normalize if normalize is None else normalize
         self.instruction = instruction
         self.long_documents = long_documents
         self.chunk_size = chunk_size
         self.show_progress = show_progress
-        calls = self.engine.max_calls_in_flight
-        if not isinstance(calls, int) or isinstance(calls, bool) or calls < 1:
-            raise ValueError(f"engine {type(self.engine).__name__}'s max_calls_in_flight must be a positive integer, "
-                             f"got {calls!r}")
         self._calls_in_flight = calls
         # An engine that cannot take concurrent calls gets one at a time, from any thread; async callers
         # queue on the Reranker's own engine thread (a cancelled caller's call is dropped), not on the
@@ -146,6 +157,47 @@ class Reranker:
 
     def __repr__(self) -> str:
         return f"Reranker(engine={self.engine!r}, template={self.template.name!r}, max_length={self.builder.max_length})"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Shut the worker thread (after the call it runs) and close the engine if this Reranker made it.
+
+        Final: scoring afterwards raises RuntimeError; closing again does nothing.
+        """
+        if self._close_thread() and self._owns_engine:
+            self.engine.close()
+
+    async def aclose(self) -> None:
+        """``close`` for async code (the engine's ``aclose``, the thread shut off the event loop)."""
+        if await asyncio.to_thread(self._close_thread) and self._owns_engine:
+            await self.engine.aclose()
+
+    def __enter__(self) -> Reranker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Reranker:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _close_thread(self) -> bool:
+        """Mark the Reranker closed and shut its engine thread; False if it was closed already."""
+        with self._closing:
+            if self._closed:
+                return False
+            self._closed = True
+        if self._engine_thread is not None:
+            self._engine_thread.shutdown(wait=True, cancel_futures=True)
+        return True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Reranker is closed; make a new one")
 
     # -- sync API ----------------------------------------------------------------------------
 
@@ -201,6 +253,7 @@ class Reranker:
 
     def label_logprobs(self, prompts: Prompts) -> LabelLogprobs:
         """The engine's label log-probabilities for built prompts (one engine call at a time if it needs)."""
+        self._check_open()
         if not len(prompts):
             return _no_logprobs(self)
         with self._engine_lock:
@@ -299,6 +352,7 @@ class Reranker:
         """``label_logprobs`` for async code: natively on this event loop when the engine can
         (cancelling the caller drops its pending requests), else on the Reranker's engine thread
         (one call at a time) or, for an engine that takes several, the loop's default executor."""
+        self._check_open()
         if not len(prompts):
             return _no_logprobs(self)
         return await self.engine.alabel_logprobs(prompts, self.builder.labels, executor=self._engine_thread)

@@ -101,3 +101,13 @@ def vllm_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
+
+
+@pytest.fixture
+def closed_engines(monkeypatch) -> list:
+    """The transformers engines closed during the test (``TransformersEngine.close`` recorded)."""
+    from genrank.engines.hf import TransformersEngine
+
+    closed: list = []
+    monkeypatch.setattr(TransformersEngine, "close", lambda self: closed.append(self))
+    return closed

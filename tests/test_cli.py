@@ -108,3 +108,8 @@ def test_bad_docs_json_and_engine_args_are_one_line_errors(tmp_path, tiny_model_
                       ("chunk_size=5", "chunk_size is not an engine option")]:
         assert main(["rank", "q", "--docs", str(docs), "-m", str(tiny_model_dir), "-e", "hf", "-E", arg]) == 2
         assert capsys.readouterr().err == f"genrank: error: --engine-arg {arg!r}: {says}\n"
+
+
+def test_commands_close_the_reranker_they_made(tiny_model_dir, docs_file, closed_engines, capsys):
+    assert main(["rank", SEED_QUERY, "--docs", str(docs_file), "-m", str(tiny_model_dir), "-e", "hf", "--json"]) == 0
+    assert len(closed_engines) == 1

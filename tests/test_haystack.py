@@ -131,3 +131,15 @@ def test_bad_arguments(reranker, hf_engine):
     ranker.reranker = reranker
     with pytest.raises(ValueError, match="top_k must be > 0"):
         ranker.run(SEED_QUERY, documents(), top_k=0)
+
+
+def test_close_closes_the_reranker_warm_up_built(tiny_model_dir, closed_engines):
+    ranker = GenrankRanker(str(tiny_model_dir), engine="hf", engine_options=ENGINE)
+    ranker.warm_up()
+    loaded = ranker.reranker
+    ranker.close()
+    assert ranker.reranker is None and closed_engines == [loaded.engine]
+    with pytest.raises(RuntimeError, match="closed"):
+        loaded.score([("q", "d")])
+    ranker.close()  # again: nothing
+    assert len(closed_engines) == 1

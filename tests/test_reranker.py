@@ -384,3 +384,39 @@ def test_relevance_is_the_score_on_zero_to_one(rr, hf_engine):
     np.testing.assert_allclose(d.relevance, (d.score - 1) / 6, atol=1e-12)
     yes_no = Reranker(engine=hf_engine, template="qwen3-reranker").score_details([(SEED_QUERY, SEED_DOCUMENTS[0])])
     np.testing.assert_allclose(yes_no.relevance, yes_no.score, atol=1e-12)  # labels 0 and 1 already span [0, 1]
+
+
+def test_close_is_final_and_closes_only_the_engine_the_reranker_made(tiny_model_dir, hf_engine, closed_engines):
+    import asyncio
+    import threading
+
+    with Reranker(str(tiny_model_dir), engine="hf") as made:
+        made.score([(SEED_QUERY, SEED_DOCUMENTS[0])])
+    assert closed_engines == [made.engine]
+    made.close()  # again: nothing more
+    assert closed_engines == [made.engine]
+    with pytest.raises(RuntimeError, match="this Reranker is closed"):
+        made.score([(SEED_QUERY, SEED_DOCUMENTS[0])])
+
+    given = Reranker(engine=hf_engine)
+    before = set(threading.enumerate())
+    asyncio.run(given.arank(SEED_QUERY, SEED_DOCUMENTS))  # starts the Reranker's engine thread
+    started = [t for t in set(threading.enumerate()) - before if t.name.startswith("genrank-engine")]
+    given.close()
+    assert started and not any(t.is_alive() for t in started)
+    assert closed_engines == [made.engine]  # the engine passed in stays open for its owner
+
+    async def main():
+        async with Reranker(str(tiny_model_dir), engine="hf") as rr:
+            await rr.arank(SEED_QUERY, SEED_DOCUMENTS)
+        with pytest.raises(RuntimeError, match="this Reranker is closed"):
+            await rr.arank(SEED_QUERY, SEED_DOCUMENTS)
+        return rr
+
+    assert closed_engines == [made.engine, asyncio.run(main()).engine]
+
+
+def test_an_engine_made_for_a_reranker_that_cannot_start_is_closed(tiny_model_dir, closed_engines):
+    with pytest.raises(ValueError, match="max_length"):
+        Reranker(str(tiny_model_dir), engine="hf", max_length=3)
+    assert len(closed_engines) == 1

@@ -122,3 +122,24 @@ def test_settings_are_checked_and_keys_never_shown():
                 {"max_body_bytes": 1.5}):
         with pytest.raises(ValueError, match=next(iter(bad)).split("_")[0]):
             ServeSettings(**bad)
+
+
+def test_the_service_closes_the_reranker_it_made_not_one_it_was_given(tiny_model_dir, hf_engine, closed_engines):
+    made: list[Reranker] = []
+
+    def load() -> Reranker:
+        made.append(Reranker(str(tiny_model_dir), engine="hf"))
+        return made[0]
+
+    async def run(client: httpx.AsyncClient):
+        await _ready(client)
+        return (await client.post("/v2/rerank", json={"query": SEED_QUERY, "documents": SEED_DOCUMENTS})).status_code
+
+    assert asyncio.run(_with_app(create_app(load), run)) == 200
+    assert closed_engines == [made[0].engine]
+    with pytest.raises(RuntimeError, match="closed"):
+        made[0].score([(SEED_QUERY, "d")])
+    given = Reranker(str(tiny_model_dir), engine="hf")
+    assert asyncio.run(_with_app(create_app(given), run)) == 200
+    assert closed_engines == [made[0].engine]
+    assert given.score([(SEED_QUERY, "d")]).shape == (1,)  # still open for its owner

@@ -15,8 +15,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     require("eval", "pytrec_eval", *(() if args.run else ("bm25s",)))
     data, first = load_first_stage(args.data, run_file=args.run, split=args.split, top_k=args.top_k,
                                    max_queries=args.max_queries)  # before the model loads: data errors come fast
-    reranker = reranker_from_args(args, show_progress=sys.stderr.isatty())
-    result = evaluate_run(reranker, data, first, top_k=args.top_k, source=args.run or "bm25")
+    with reranker_from_args(args, show_progress=sys.stderr.isatty()) as reranker:
+        result = evaluate_run(reranker, data, first, top_k=args.top_k, source=args.run or "bm25")
     if args.output:
         write_trec_run(result.run, args.output)
     print(json.dumps(result.to_json(), indent=2) if args.json else format_table(result))

@@ -48,7 +48,8 @@ def read_documents(path: str) -> list[str]:
 
 def cmd_rank(args: argparse.Namespace) -> int:
     docs = read_documents(args.docs)
-    ranking = reranker_from_args(args).rank(args.query, docs, top_k=args.top_k, return_documents=True)
+    with reranker_from_args(args) as reranker:
+        ranking = reranker.rank(args.query, docs, top_k=args.top_k, return_documents=True)
     if args.json:
         for row in ranking:
             print(json.dumps(row, ensure_ascii=False))

@@ -44,17 +44,18 @@ def cmd_score(args: argparse.Namespace) -> int:
         fmt = io.detect_format(args.input, args.format)
         if io.FORMATS.get(os.path.splitext(args.output)[1].lower(), fmt) != fmt:
             raise CliError(f"the output is written in the input's format ({fmt}); give {args.output!r} a .{fmt} name")
-        reranker = reranker_from_args(args)
-        try:
-            summary = score_file(args.input, args.output, reranker, format=fmt, chunk_size=args.chunk_size,
-                                 shard=args.shard, overwrite=args.overwrite, show_progress=not args.quiet, **fields)
-        except KeyboardInterrupt:
-            print(f"genrank: interrupted; {_kept(args.output)}", file=sys.stderr)
-            return 130
-        except (ValueError, OSError, ImportError):  # a refusal, a bad input or file: printed by main()
-            raise
-        except Exception as e:  # the engine stopped the run (e.g. every request rejected the same way)
-            raise CliError(f"{e} ({type(e).__name__}); {_kept(args.output)}") from e
+        with reranker_from_args(args) as reranker:
+            try:
+                summary = score_file(args.input, args.output, reranker, format=fmt, chunk_size=args.chunk_size,
+                                     shard=args.shard, overwrite=args.overwrite, show_progress=not args.quiet,
+                                     **fields)
+            except KeyboardInterrupt:
+                print(f"genrank: interrupted; {_kept(args.output)}", file=sys.stderr)
+                return 130
+            except (ValueError, OSError, ImportError):  # a refusal, a bad input or file: printed by main()
+                raise
+            except Exception as e:  # the engine stopped the run (e.g. every request rejected the same way)
+                raise CliError(f"{e} ({type(e).__name__}); {_kept(args.output)}") from e
     print(f"genrank score: {summary}", file=sys.stderr)
     return 1 if summary.failed else 0
 

@@ -90,6 +90,12 @@ class GenrankRanker:
             self.reranker = Reranker(self.model, engine=self.engine, template=self.template,
                                      max_length=self.max_length, instruction=self.instruction, **options)
 
+    def close(self) -> None:
+        """Close the Reranker ``warm_up`` built (its engine's connections and threads); a later run builds another."""
+        reranker, self.reranker = self.reranker, None
+        if reranker is not None:
+            reranker.close()
+
     def to_dict(self) -> dict[str, Any]:
         """This component's init arguments, for pipeline files."""
         return default_to_dict(

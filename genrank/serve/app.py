@@ -89,11 +89,11 @@ class Service:
                  "one request per engine call")
 
     async def close(self) -> None:
-        """Stop the scheduler; close the engine's connections if this service made the Reranker."""
+        """Stop the scheduler; close the Reranker if this service made it (a Reranker passed in is its owner's)."""
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self.reranker is not None and not isinstance(self._source, Reranker):
-            await self.reranker.engine.aclose()
+            await self.reranker.aclose()
 
     def ready(self) -> tuple[Reranker, Scheduler]:
         if self.reranker is None or self.scheduler is None:
