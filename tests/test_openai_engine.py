@@ -10,7 +10,6 @@ import math
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -24,9 +23,11 @@ openai = pytest.importorskip("openai")
 from openai_test_server import FAULTS, FakeOpenAIServer, distribution
 from tenacity import wait_exponential, wait_random
 
-import genrank.engines.openai as openai_engine
 from genrank import Reranker
-from genrank.engines.openai import OpenAIEngine
+from genrank.engines.openai import OpenAIEngine, errors
+from genrank.engines.openai.backups import MIN_LATENCIES
+from genrank.engines.openai.engine import _environment_proxy
+from genrank.engines.openai.protocol import extractor
 from genrank.prompts import Labels, PromptBuilder
 from genrank.templates import load_template
 
@@ -39,7 +40,7 @@ def _isolated(monkeypatch):
     """No keys or base URL from the developer's environment; quick backoff (Retry-After still honoured)."""
     for name in ("OPENAI_API_KEY", "GENRANK_API_KEY", "OPENAI_BASE_URL"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(openai_engine, "_backoff", wait_exponential(multiplier=0.01, max=0.05) + wait_random(0, 0.01))
+    monkeypatch.setattr(errors, "backoff", wait_exponential(multiplier=0.01, max=0.05) + wait_random(0, 0.01))
 
 
 def chat_prompts(documents: list[str], template: str = "lb-reranker-v1"):
@@ -232,7 +233,7 @@ def test_top_logprobs_steps_down_when_the_server_allows_fewer():
 
 
 def test_labels_match_after_stripping_whitespace_and_other_tokens_are_ignored():
-    extract = openai_engine._extractor(Labels(("1", "2", "yes")), ids=None)
+    extract = extractor(Labels(("1", "2", "yes")), ids=None)
     chat = {"choices": [{"logprobs": {"content": [{"token": "2", "logprob": -1.0, "top_logprobs": [
         {"token": "2", "logprob": math.log(0.2)}, {"token": " 2", "logprob": math.log(0.1)},
         {"token": "2\n", "logprob": math.log(0.05)}, {"token": "07", "logprob": -0.1}, {"token": "1.", "logprob": -0.1},
@@ -240,7 +241,7 @@ def test_labels_match_after_stripping_whitespace_and_other_tokens_are_ignored():
     np.testing.assert_allclose(extract(chat), [-math.inf, math.log(0.35), math.log(0.3)])
     completions = {"choices": [{"logprobs": {"top_logprobs": [{"1": math.log(0.5), "\n1": math.log(0.25), "x": -1}]}}]}
     np.testing.assert_allclose(extract(completions), [math.log(0.75), -math.inf, -math.inf])
-    by_id = openai_engine._extractor(Labels(("1", "2")), ids=(15, 16))
+    by_id = extractor(Labels(("1", "2")), ids=(15, 16))
     ids = {"choices": [{"logprobs": {"content": [{"token": "token_id:99", "logprob": -0.5, "top_logprobs": [
         {"token": "token_id:99", "logprob": -0.5}, {"token": "token_id:16", "logprob": -2.0},
         {"token": "token_id:15", "logprob": -9999.0}]}]}}]}
@@ -248,24 +249,25 @@ def test_labels_match_after_stripping_whitespace_and_other_tokens_are_ignored():
     for broken in ({"choices": []},
                    {"choices": [{"logprobs": {"content": [{"token": "1", "top_logprobs": [{"token": "1"}]}]}}]},
                    {"choices": [{"logprobs": {"top_logprobs": [{"1": None}]}}]}):
-        with pytest.raises(openai_engine._Transient, match="no usable first-token top logprobs"):
+        with pytest.raises(errors.Transient, match="no usable first-token top logprobs"):
             extract(broken)
     for without in ({"choices": [{"logprobs": None}]}, {"choices": [{"text": "1"}]},
                     {"choices": [{"logprobs": {"content": []}}]}, {"choices": [{"logprobs": {"top_logprobs": None}}]}):
-        with pytest.raises(openai_engine._Rejected, match="the server returned no logprobs"):
+        with pytest.raises(errors.Rejected, match="the server returned no logprobs"):
             extract(without)
 
 
-def test_a_server_not_yet_up_is_detected_on_the_next_call():
+def test_a_server_not_yet_up_fails_the_call_and_is_detected_on_the_next():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     labels = Labels(LABELS_1_7.texts, token_ids=tuple(range(15, 22)))
     engine = OpenAIEngine("test-model", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
-    down = engine.label_logprobs(chat_prompts(["a"]), labels)
+    with pytest.raises(openai.APIConnectionError, match="connection failed.*server='vllm'"):
+        engine.label_logprobs(chat_prompts(["a"]), labels)
     with FakeOpenAIServer(vllm_version="0.32.0", port=port) as server:
         up = engine.label_logprobs(chat_prompts(["a"]), labels)
-    assert "connection failed" in down.errors[0] and up.errors == {}
+    assert up.errors == {}
     assert server.requests[0]["body"]["logprob_token_ids"] == list(range(15, 22))  # read as vLLM: the labels exactly
 
 
@@ -363,8 +365,8 @@ def test_completions_mode_without_a_loadable_tokenizer_says_so(tmp_path):
 def test_proxy_comes_from_the_environment_like_the_openai_package(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1")
-    assert openai_engine._environment_proxy("https://llm.example.com/v1") == "http://proxy.internal:3128"
-    assert openai_engine._environment_proxy("http://127.0.0.1:8000/v1") is None
+    assert _environment_proxy("https://llm.example.com/v1") == "http://proxy.internal:3128"
+    assert _environment_proxy("http://127.0.0.1:8000/v1") is None
 
 
 # -- a setup error that every request shares stops the run -------------------------------------
@@ -562,13 +564,11 @@ def test_async_results_equal_sync_ones_across_event_loops():
         sync = engine.label_logprobs(prompts, LABELS_1_7)
         first = asyncio.run(engine.alabel_logprobs(prompts, LABELS_1_7))
         second = asyncio.run(engine.alabel_logprobs(prompts, LABELS_1_7))  # a new loop gets a new session
+        thread = engine._background.thread
         engine.close()
-        again = engine.label_logprobs(prompts, LABELS_1_7)  # a closed engine starts again when used
-        engine.close()
-    for out in (first, second, again):
+    for out in (first, second):
         np.testing.assert_array_equal(out.values, sync.values)
-    assert len(engine._queues) == 0 and not any(t.name == "genrank-openai" and t.is_alive() for t in
-                                                 threading.enumerate() if t is engine._background.thread)
+    assert not thread.is_alive()
 
 
 def test_a_429_pauses_every_request_until_the_time_it_names():
@@ -586,7 +586,7 @@ def test_a_429_pauses_every_request_until_the_time_it_names():
 def warmed_up(server: FakeOpenAIServer, **options) -> OpenAIEngine:
     """An engine that has had enough answers from ``server`` to know when a request is late."""
     engine = OpenAIEngine("test-model", base_url=server.url, **options)
-    engine.label_logprobs(chat_prompts([f"warm-up {n}" for n in range(openai_engine._MIN_LATENCIES)]), LABELS_1_7)
+    engine.label_logprobs(chat_prompts([f"warm-up {n}" for n in range(MIN_LATENCIES)]), LABELS_1_7)
     return engine
 
 
@@ -629,7 +629,7 @@ def test_a_request_sent_before_latencies_are_known_gets_its_backup_once_they_are
         slow = [r for r in server.requests if "fault:slow" in json.dumps(r["body"])]
         answers_before = sum(r.get("answered", math.inf) < slow[1]["time"] for r in server.requests)
     assert out.errors == {} and len(slow) == 2
-    assert answers_before >= openai_engine._MIN_LATENCIES  # the backup went once the latencies were known
+    assert answers_before >= MIN_LATENCIES  # the backup went once the latencies were known
     assert slow[1]["answered"] < slow[0]["time"] + 5
 
 
