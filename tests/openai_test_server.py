@@ -11,7 +11,9 @@ fault-free run), plus ``/v1/models`` (and, posing as a vLLM server with ``vllm_v
   several markers take turns: ``[[fault:late-503:1]] [[fault:slow:1]]`` makes the first attempt
   ``late-503`` and the second ``slow``;
 * with ``fail_every_request=(STATUS, MESSAGE)`` every completion request gets that error (a server
-  that refuses the setup, e.g. 400 "max_tokens is not supported with this model").
+  that refuses the setup, e.g. 400 "max_tokens is not supported with this model");
+* the first ``models_failures`` requests to ``/v1/models`` (may be ``math.inf``) get a 503 with
+  ``Retry-After: 0.05`` (a server still starting, or overloaded).
 
 Transient kinds (a correct client retries): ``429`` (with ``Retry-After``), ``500``, ``502``,
 ``503``, ``slow`` (answers after ``slow_seconds``), ``drop`` (closes the connection),
@@ -27,7 +29,8 @@ header, as careless gateways do), ``echo-key-long`` (the same after 480 characte
 ``chat_tokenizer`` (a transformers tokenizer) makes the server tokenize each chat request as a
 real server does (the tokenizer's chat template, special-token text parsed as special tokens) and
 record the ids in ``requests[n]["token_ids"]``. Each request record holds its arrival ``time``,
-``answered`` (when its answer or error was sent) and ``peer``, the client's (host, port).
+``answered`` (when its answer or error was sent) and ``peer``, the client's (host, port); ``gets``
+counts the GET requests by path.
 
 Run it standalone for benchmarks: ``python tests/openai_test_server.py --latency 0.02``
 (``--fixed``: the same answer to every request, except to prompts with a fault marker).
@@ -74,11 +77,14 @@ class FakeOpenAIServer:
     def __init__(self, *, fault_rate: float = 0.0, faults: list[str] = FAULTS, latency: float = 0.0,
                  slow_seconds: float = 3.0, max_top_logprobs: int = 20, retry_after: str = "1",
                  fixed: bool = False, vllm_version: str | None = None, port: int = 0,
-                 fail_every_request: tuple[int, str] | None = None, chat_tokenizer=None):
+                 fail_every_request: tuple[int, str] | None = None, chat_tokenizer=None,
+                 models_failures: float = 0):
         self.fault_rate, self.faults, self.latency = fault_rate, list(faults), latency
         self.slow_seconds, self.max_top_logprobs, self.retry_after = slow_seconds, max_top_logprobs, retry_after
         self.fixed, self.vllm_version, self.port = fixed, vllm_version, port
         self.fail_every_request, self.chat_tokenizer = fail_every_request, chat_tokenizer
+        self.models_failures = models_failures
+        self.gets: Counter[str] = Counter()  # path -> GET requests seen
         self._fixed_bodies: dict[bool, bytes] = {}
         self.attempts: Counter[str] = Counter()  # prompt key -> requests seen
         self.requests: list[dict] = []  # {"path", "headers", "query", "body", "time", "answered"} of each request
@@ -132,11 +138,15 @@ class FakeOpenAIServer:
     # -- handlers ----------------------------------------------------------------------------
 
     async def _models(self, request: web.Request) -> web.Response:
+        self.gets[request.path] += 1
+        if self.gets[request.path] <= self.models_failures:
+            return _error(503, "starting up", {"Retry-After": "0.05"})
         owner = "vllm" if self.vllm_version else "genrank-tests"
         return web.json_response({"object": "list", "data": [{"id": "test-model", "object": "model",
                                                              "owned_by": owner}]})
 
     async def _version(self, request: web.Request) -> web.Response:
+        self.gets[request.path] += 1
         return web.json_response({"version": self.vllm_version}) if self.vllm_version else web.Response(status=404)
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
