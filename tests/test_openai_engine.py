@@ -25,8 +25,9 @@ from tenacity import wait_exponential, wait_random
 
 from genrank import Reranker
 from genrank.engines.openai import OpenAIEngine, errors
-from genrank.engines.openai.backups import MIN_LATENCIES
+from genrank.engines.openai.backups import MIN_LATENCIES, Watch
 from genrank.engines.openai.engine import _environment_proxy
+from genrank.engines.openai.limits import RateLimiter
 from genrank.engines.openai.protocol import extractor
 from genrank.prompts import Labels, PromptBuilder
 from genrank.templates import load_template
@@ -230,6 +231,28 @@ def test_top_logprobs_steps_down_when_the_server_allows_fewer():
     assert asked.count(5) == 40 and set(asked) == {5, 20}  # the first wave asked for 20 and was refused
     for n, chat in enumerate(prompts.chats()):
         np.testing.assert_allclose(out.values[n], expected_logprobs(chat, LABELS_1_7.texts, 5))
+
+
+def test_a_request_sent_again_with_fewer_top_logprobs_is_paced_and_watched_once(monkeypatch):
+    charged, watched = [], []
+    acquire, add = RateLimiter.acquire, Watch.add
+
+    async def counting_acquire(self, amount=1.0):
+        charged.append(amount)
+        await acquire(self, amount)
+
+    def counting_add(self, hedge):
+        watched.append(hedge)
+        add(self, hedge)
+
+    monkeypatch.setattr(RateLimiter, "acquire", counting_acquire)
+    monkeypatch.setattr(Watch, "add", counting_add)
+    with FakeOpenAIServer(max_top_logprobs=5) as server:
+        engine = OpenAIEngine("test-model", base_url=server.url, concurrency=8, requests_per_second=1000)
+        out = engine.label_logprobs(chat_prompts(documents(40)), LABELS_1_7)
+    assert out.errors == {} and len(server.requests) > 40  # some were sent again, asking for 5
+    assert len(charged) == 40 and len(watched) == 40  # one request each for the rate limit and the backup watch
+    assert len(set(map(id, watched))) == 40
 
 
 def test_labels_match_after_stripping_whitespace_and_other_tokens_are_ignored():
