@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from .engines import Engine, LabelLogprobs
+from .errors import GenrankError
 from .prompts import Labels, PromptBuilder, Prompts
 from .reranker import Reranker, ScoredPairs, ScoringError
 from .scorer import Scores, ZeroLabelMassWarning, expected_scores
@@ -14,7 +15,7 @@ except PackageNotFoundError:  # pragma: no cover - source checkout without insta
     __version__ = "0.0.0"
 
 __all__ = [
-    "Engine", "LabelLogprobs", "Labels", "PromptBuilder", "Prompts", "Reranker", "ScoredPairs",
+    "Engine", "GenrankError", "LabelLogprobs", "Labels", "PromptBuilder", "Prompts", "Reranker", "ScoredPairs",
     "ScoringError", "Scores", "Template", "TemplateError", "ZeroLabelMassWarning", "expected_scores",
     "list_templates", "load_template",
 ]

@@ -26,6 +26,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from . import io
+from .errors import InputError, ResumeError
 from .io import Fields, InputRow, Progress
 from .manifest import Manifest, manifest_path
 from .reranker import Reranker, ScoredPairs, prefetch
@@ -71,12 +72,12 @@ def score_file(input_path: str | os.PathLike, output_path: str | os.PathLike, re
     """
     fmt = io.detect_format(input_path, format)
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size!r}")
+        raise InputError(f"chunk_size must be positive, got {chunk_size!r}")
     index, count = shard or (0, 1)
     if not (isinstance(index, int) and isinstance(count, int) and 0 <= index < count):
-        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
+        raise InputError(f"shard must be (i, n) with 0 <= i < n, got {shard!r}")
     if os.path.exists(output_path) and os.path.samefile(input_path, output_path):
-        raise ValueError(f"the output {str(output_path)!r} is the input; choose another output")
+        raise InputError(f"the output {str(output_path)!r} is the input; choose another output")
     fields = Fields(query_field, document_field, id_field, documents_field)
     writer = io.open_writer(output_path, fmt, list_mode=documents_field is not None)
     manifest = Manifest.for_run(reranker, input_path, fmt, fields, chunk_size, (index, count))
@@ -111,7 +112,7 @@ def score_file(input_path: str | os.PathLike, output_path: str | os.PathLike, re
             skip = min(done, len(chunk))
             for row, row_id in zip(chunk[:skip], done_ids):
                 if row_id != row.id and str(row_id) != str(row.id):
-                    raise ValueError(f"{str(output_path)!r} does not continue {str(input_path)!r}: it has id "
+                    raise ResumeError(f"{str(output_path)!r} does not continue {str(input_path)!r}: it has id "
                                      f"{row_id!r} where the input has {row.id!r}; start over with --overwrite "
                                      "or choose another output")
                 summary.skipped += row.pairs
@@ -135,7 +136,7 @@ def score_file(input_path: str | os.PathLike, output_path: str | os.PathLike, re
                 summary.failed += failed
             bar.update(len(chunk))
         if done:
-            raise ValueError(f"{str(output_path)!r} has {done} more rows than this input"
+            raise ResumeError(f"{str(output_path)!r} has {done} more rows than this input"
                              f"{' shard' if count > 1 else ''}; start over with --overwrite or choose another output")
         commit(writer.finish)
     except BaseException:
@@ -153,12 +154,12 @@ def _resume(writer: io.Writer, run: Manifest, output_path: str | os.PathLike) ->
     earlier = Manifest.load(output_path)
     if earlier is None:
         writer.check_is_output()
-        raise ValueError(f"{str(output_path)!r} has no manifest ({manifest_path(output_path).name}): it was written "
+        raise ResumeError(f"{str(output_path)!r} has no manifest ({manifest_path(output_path).name}): it was written "
                          "by an older genrank or its manifest was removed, so its settings and input cannot be "
                          "checked; start over with --overwrite or choose another output")
     changes = earlier.differences(run)
     if changes:
-        raise ValueError(f"{str(output_path)!r} cannot be resumed by this run: {'; '.join(changes)}. Rerun with "
+        raise ResumeError(f"{str(output_path)!r} cannot be resumed by this run: {'; '.join(changes)}. Rerun with "
                          "the earlier settings and input, start over with --overwrite, or choose another output")
     return writer.resume(earlier.progress)
 

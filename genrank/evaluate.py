@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import InputError
 
 # query id -> [(doc id, score)], best first
 Ranking = dict[str, list[tuple[str, float]]]
@@ -83,9 +84,9 @@ def _jsonl(path: Path):
                     try:
                         yield n, json.loads(line)
                     except json.JSONDecodeError as e:
-                        raise ValueError(f"{path} line {n} is not JSON: {e.msg}") from None
+                        raise InputError(f"{path} line {n} is not JSON: {e.msg}") from None
     except OSError as e:
-        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
 
 
 def _lines(path: Path, what: str) -> list[str]:
@@ -93,12 +94,12 @@ def _lines(path: Path, what: str) -> list[str]:
     try:
         return path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise ValueError(f"cannot read {what}: {e.strerror}") from None
+        raise InputError(f"cannot read {what}: {e.strerror}") from None
 
 
 def _row_id(row: Any, path: Path, n: int) -> str:
     if not isinstance(row, dict) or row.get("_id") is None:
-        raise ValueError(f"{path} line {n}: expected an object with an \"_id\"")
+        raise InputError(f"{path} line {n}: expected an object with an \"_id\"")
     return str(row["_id"])
 
 
@@ -115,10 +116,10 @@ def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:
             qid, did, rel = cols
             qrels.setdefault(qid.strip(), {})[did.strip()] = int(rel)
         except ValueError:
-            raise ValueError(f"{path} line {n}: expected 'query-id<TAB>corpus-id<TAB>integer score', "
+            raise InputError(f"{path} line {n}: expected 'query-id<TAB>corpus-id<TAB>integer score', "
                              f"got {line!r:.80}") from None
     if not qrels:
-        raise ValueError(f"{path} has no judgements")
+        raise InputError(f"{path} has no judgements")
     return qrels
 
 
@@ -128,7 +129,7 @@ def load_beir(folder: str | Path, split: str = "test", max_queries: int | None =
     only the documents in ``doc_ids`` when given (to spare memory when a run names the candidates)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"BEIR folder {str(folder)!r} does not exist")
+        raise InputError(f"BEIR folder {str(folder)!r} does not exist")
     qrels = load_qrels(folder / "qrels" / f"{split}.tsv")
     queries: dict[str, str] = {}
     seen = set()
@@ -138,11 +139,11 @@ def load_beir(folder: str | Path, split: str = "test", max_queries: int | None =
         if qid in qrels and (max_queries is None or len(queries) < max_queries):
             text = row.get("text")
             if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{folder / 'queries.jsonl'} line {n}: query {qid!r} has no text")
+                raise InputError(f"{folder / 'queries.jsonl'} line {n}: query {qid!r} has no text")
             queries[qid] = text
     missing = [q for q in qrels if q not in seen]
     if missing:
-        raise ValueError(f"{len(missing)} judged queries are not in {folder / 'queries.jsonl'}, e.g. {missing[0]!r}")
+        raise InputError(f"{len(missing)} judged queries are not in {folder / 'queries.jsonl'}, e.g. {missing[0]!r}")
     corpus = {}
     for n, row in _jsonl(folder / "corpus.jsonl"):
         did = _row_id(row, folder / "corpus.jsonl", n)
@@ -166,11 +167,11 @@ def read_trec_run(path: str | Path) -> Ranking:
             qid, _, did, _, score = cols[:5]
             value = float(score)
         except ValueError:
-            raise ValueError(f"run file {path} line {n}: expected 'qid Q0 docid rank score tag', "
+            raise InputError(f"run file {path} line {n}: expected 'qid Q0 docid rank score tag', "
                              f"got {line!r:.80}") from None
         docs = run.setdefault(qid, {})
         if did in docs:
-            raise ValueError(f"run file {path} line {n}: document {did!r} appears twice for query {qid!r}")
+            raise InputError(f"run file {path} line {n}: document {did!r} appears twice for query {qid!r}")
         docs[did] = value
     return {q: sorted(docs.items(), key=lambda item: -item[1]) for q, docs in run.items()}
 
@@ -253,9 +254,9 @@ def load_first_stage(folder: str | Path, *, run_file: str | Path | None = None, 
                      top_k: int = 100, max_queries: int | None = None) -> tuple[BeirDataset, Ranking]:
     """A BEIR folder and each judged query's top ``top_k`` candidates, from ``run_file`` or BM25."""
     if not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        raise InputError(f"top_k must be a positive integer, got {top_k!r}")
     if max_queries is not None and (not isinstance(max_queries, int) or max_queries < 1):
-        raise ValueError(f"max_queries must be a positive integer, got {max_queries!r}")
+        raise InputError(f"max_queries must be a positive integer, got {max_queries!r}")
     if run_file is None:
         data = load_beir(folder, split, max_queries)
         return data, bm25_run(data.corpus, data.queries, top_k)
@@ -264,7 +265,7 @@ def load_first_stage(folder: str | Path, *, run_file: str | Path | None = None, 
     first = {qid: full.get(qid, [])[:top_k] for qid in data.queries}
     unknown = [(q, d) for q in first for d, _ in first[q] if d not in data.corpus]
     if unknown:
-        raise ValueError(f"run file {run_file}: {len(unknown)} candidates are not in corpus.jsonl, "
+        raise InputError(f"run file {run_file}: {len(unknown)} candidates are not in corpus.jsonl, "
                          f"e.g. document {unknown[0][1]!r} for query {unknown[0][0]!r}")
     return data, first
 

@@ -24,7 +24,8 @@ from io import StringIO
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .reranker import check_text
+from .errors import InputError, MissingExtra, ResumeError
+from .validation import check_text
 
 # A cell may hold a whole list of documents (JSON) or a long server error; the default is 128 KiB.
 csv.field_size_limit(2**31 - 1)
@@ -37,11 +38,11 @@ def detect_format(path: str | os.PathLike, format: str | None = None) -> str:
     """``format`` if given, else the format named by the file's extension."""
     if format is not None:
         if format not in set(FORMATS.values()):
-            raise ValueError(f"format must be one of jsonl, csv, parquet, got {format!r}")
+            raise InputError(f"format must be one of jsonl, csv, parquet, got {format!r}")
         return format
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
-        raise ValueError(f"cannot tell the format of {str(path)!r} from its extension; "
+        raise InputError(f"cannot tell the format of {str(path)!r} from its extension; "
                          "use .jsonl, .csv or .parquet, or give the format")
     return FORMATS[suffix]
 
@@ -89,10 +90,10 @@ def parse_row(record: Any, index: int | None, where: str, fields: Fields) -> Inp
                 try:
                     value = json.loads(value)
                 except json.JSONDecodeError:
-                    raise ValueError(f"{where}: field {fields.documents!r} must be a JSON list of strings, "
+                    raise InputError(f"{where}: field {fields.documents!r} must be a JSON list of strings, "
                                      f"got {value!r:.80}") from None
             if not isinstance(value, (list, tuple)):
-                raise ValueError(f"{where}: field {fields.documents!r} must be a list of strings, "
+                raise InputError(f"{where}: field {fields.documents!r} must be a list of strings, "
                                  f"got {type(value).__name__} {value!r:.80}")
             docs = [check_text(d, f"{where}: field {fields.documents!r} item {n}") for n, d in enumerate(value)]
     except ValueError as e:
@@ -103,7 +104,7 @@ def parse_row(record: Any, index: int | None, where: str, fields: Fields) -> Inp
 def _field(record: dict, name: str, where: str) -> Any:
     value = record.get(name)
     if value is None:
-        raise ValueError(f"{where}: field {name!r} is {'null' if name in record else 'missing'}")
+        raise InputError(f"{where}: field {name!r} is {'null' if name in record else 'missing'}")
     return value
 
 
@@ -124,7 +125,7 @@ def _pyarrow():
         import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as e:
-        raise ImportError(f"Parquet files need pyarrow ({e}); install it with: pip install pyarrow") from e
+        raise MissingExtra(f"Parquet files need pyarrow ({e}); install it with: pip install pyarrow") from e
     return pa, pq
 
 
@@ -136,7 +137,7 @@ def check_columns(source: str, names: list[str], fields: Fields, *, need_id: boo
     wanted = [fields.query, fields.documents or fields.document] + ([fields.id] if need_id else [])
     missing = [n for n in wanted if n not in names]
     if missing:
-        raise ValueError(f"{source} has no column {missing[0]!r} (columns: {', '.join(names) or 'none'})")
+        raise InputError(f"{source} has no column {missing[0]!r} (columns: {', '.join(names) or 'none'})")
 
 
 def read_rows(path: str | os.PathLike, format: str, fields: Fields) -> Iterator[InputRow]:
@@ -323,7 +324,7 @@ class JsonlWriter(Writer):
         with open(self.path, "rb") as f:
             for n, line in enumerate(f, 1):
                 if line.endswith(b"\n") and not _is_output_line(line):
-                    raise ValueError(f"{str(self.path)!r} is not genrank output: line {n} is {line[:100]!r}; "
+                    raise ResumeError(f"{str(self.path)!r} is not genrank output: line {n} is {line[:100]!r}; "
                                      "remove it or choose another output")
 
     def resume(self, progress: Progress) -> Iterator[Any]:
@@ -364,7 +365,7 @@ class CsvWriter(Writer):
         with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
             header = next(csv.reader(f), [])
         if header != list(OUTPUT_COLUMNS):
-            raise ValueError(f"{str(self.path)!r} is not genrank output: its header is {header!r:.100}, "
+            raise ResumeError(f"{str(self.path)!r} is not genrank output: its header is {header!r:.100}, "
                              f"expected {','.join(OUTPUT_COLUMNS)}; remove it or choose another output")
 
     def resume(self, progress: Progress) -> Iterator[Any]:
@@ -431,10 +432,10 @@ class ParquetWriter(Writer):
             try:
                 names = pq.read_schema(path).names
             except Exception as e:  # pyarrow.ArrowInvalid and kin: not a Parquet file
-                raise ValueError(f"{str(path)!r} is not genrank output: {e}; remove it or choose another "
+                raise ResumeError(f"{str(path)!r} is not genrank output: {e}; remove it or choose another "
                                  "output") from None
             if names != list(OUTPUT_COLUMNS):
-                raise ValueError(f"{str(path)!r} is not genrank output: its columns are {names}, expected "
+                raise ResumeError(f"{str(path)!r} is not genrank output: its columns are {names}, expected "
                                  f"{list(OUTPUT_COLUMNS)}; remove it or choose another output")
 
     def resume(self, progress: Progress) -> Iterator[Any]:
@@ -494,7 +495,7 @@ class ParquetWriter(Writer):
         if self._started:
             return
         if self.progress.merged:
-            raise ValueError(f"{str(self.path)!r} is finished; there are no rows left to add to it")
+            raise InputError(f"{str(self.path)!r} is finished; there are no rows left to add to it")
         self.parts.mkdir(exist_ok=True)
         kept = {self._part(n).name for n in range(self.progress.parts)}
         for stale in self.parts.iterdir():

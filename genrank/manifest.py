@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import io
+from .errors import InputError, ResumeError
 from .io import Fields, Progress
 
 if TYPE_CHECKING:
@@ -86,12 +87,12 @@ class Manifest:
         try:
             data = json.loads(path.read_bytes())
             if data["version"] != VERSION:
-                raise ValueError(f"version {data['version']!r}, this genrank reads version {VERSION}")
+                raise InputError(f"version {data['version']!r}, this genrank reads version {VERSION}")
             return cls(data["settings"], data["input"], Progress(**data["progress"]))
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"the manifest {str(path)!r} cannot be read ({type(e).__name__}: {e}); start over "
+            raise ResumeError(f"the manifest {str(path)!r} cannot be read ({type(e).__name__}: {e}); start over "
                              "with --overwrite or choose another output") from None
 
     def save(self, output_path: str | os.PathLike) -> None:

@@ -24,6 +24,7 @@ import pyarrow as pa
 import ray.data
 
 from . import io
+from .errors import InputError
 from .batch import BatchSummary, score_rows
 from .io import Fields
 from .reranker import Reranker
@@ -74,9 +75,9 @@ def score_files_ray(input_path: str | os.PathLike, output_path: str | os.PathLik
     """
     fmt = io.detect_format(input_path, format) if format or not os.path.isdir(input_path) else "parquet"
     if fmt not in RAY_FORMATS:
-        raise ValueError(f"Ray scoring reads and writes jsonl or parquet, not {fmt}")
+        raise InputError(f"Ray scoring reads and writes jsonl or parquet, not {fmt}")
     if os.path.exists(output_path):  # Ray Data appends: a rerun would add a second copy of every row
-        raise ValueError(f"{str(output_path)!r} exists; Ray scoring writes a new folder and does not resume or "
+        raise InputError(f"{str(output_path)!r} exists; Ray scoring writes a new folder and does not resume or "
                          "overwrite: remove it or choose another folder")
     start = time.perf_counter()
     path = str(input_path)

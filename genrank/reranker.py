@@ -16,9 +16,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .engines import Engine, LabelLogprobs, make_engine
-from .prompts import LONG_DOCUMENTS, LongDocuments, PromptBuilder, Prompts
-from .scorer import expected_scores, unit_interval, warn_zero_mass
+from .errors import GenrankError, InputError
+from .prompts import LongDocuments, PromptBuilder, Prompts
+from .scorer import best_first, expected_scores, unit_interval, warn_zero_mass
 from .templates import DEFAULT_TEMPLATE, Template, load_template
+from .validation import check_long_documents, check_text, check_top_k, query_pairs, split_pairs
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -55,40 +57,6 @@ class ScoredPairs:
         return len(self.score)
 
 
-def check_text(value: Any, what: str, *, allow_empty: bool = True) -> str:
-    """``value`` if it is a string (non-blank unless ``allow_empty``), else a ValueError naming ``what``."""
-    if not isinstance(value, str):
-        raise ValueError(f"{what} must be a string, got {type(value).__name__} {value!r:.80}")
-    if not allow_empty and not value.strip():
-        raise ValueError(f"{what} is empty")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as e:  # a lone surrogate, e.g. from a JSON "\ud83d" escape
-            raise ValueError(f"{what} is not valid Unicode: lone surrogate {value[e.start]!r} at character "
-                             f"{e.start}") from None
-    return value
-
-
-def split_pairs(pairs: Iterable[Sequence[str]]) -> tuple[list[str], list[str]]:
-    """Validate (query, document) pairs and return the queries and documents."""
-    queries, documents = [], []
-    for n, pair in enumerate(pairs):
-        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
-            raise ValueError(f"pairs[{n}] must be a (query, document) pair, got {pair!r:.80}")
-        queries.append(check_text(pair[0], f"pairs[{n}] query", allow_empty=False))
-        documents.append(check_text(pair[1], f"pairs[{n}] document"))
-    return queries, documents
-
-
-def query_pairs(query: str, documents: Sequence[str]) -> list[tuple[str, str]]:
-    """``(query, document)`` for each document, after checking the query and the list."""
-    check_text(query, "query", allow_empty=False)
-    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
-        raise ValueError(f"documents must be a list of strings, got {type(documents).__name__} {documents!r:.80}")
-    return [(query, check_text(d, f"documents[{n}]")) for n, d in enumerate(documents)]
-
-
 class Reranker:
     """Score (query, document) pairs with a causal LM's first-token label probabilities.
 
@@ -119,25 +87,27 @@ class Reranker:
         self.template = load_template(template)
         if instruction is not None:
             if not self.template.takes_instruction:
-                raise ValueError(f"template {self.template.name!r} takes no instruction; "
+                raise InputError(f"template {self.template.name!r} takes no instruction; "
                                  "use an instruction-aware template such as 'lb-reranker-v1-instruct'")
             check_text(instruction, "instruction")
         if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        if long_documents not in LONG_DOCUMENTS:
-            raise ValueError(f"long_documents must be one of {LONG_DOCUMENTS}, got {long_documents!r}")
+            raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        check_long_documents(long_documents)
         self.engine = make_engine(engine, model or self.template.default_model, **engine_options)
         self._owns_engine = isinstance(engine, str)  # made here: closed here
         self._closed, self._closing = False, threading.Lock()
         try:
-            self.builder = PromptBuilder(self.template, self.engine.tokenizer, max_length)
+            try:
+                self.builder = PromptBuilder(self.template, self.engine.tokenizer, max_length)
+            except ValueError as e:  # its checks of max_length and of the template against the tokenizer
+                raise e if isinstance(e, GenrankError) else InputError(str(e)) from e
             if self.engine.prompt_format == "tokens" and self.builder.labels.token_ids is None:
-                raise ValueError(f"engine {type(self.engine).__name__} needs a tokenizer")
+                raise InputError(f"engine {type(self.engine).__name__} needs a tokenizer")
             if long_documents == "chunks" and self.engine.tokenizer is None:
-                raise ValueError("long_documents='chunks' needs the model's tokenizer (pass tokenizer=... to the engine)")
+                raise InputError("long_documents='chunks' needs the model's tokenizer (pass tokenizer=... to the engine)")
             calls = self.engine.max_calls_in_flight
             if not isinstance(calls, int) or isinstance(calls, bool) or calls < 1:
-                raise ValueError(f"engine {type(self.engine).__name__}'s max_calls_in_flight must be a positive "
+                raise InputError(f"engine {type(self.engine).__name__}'s max_calls_in_flight must be a positive "
                                  f"integer, got {calls!r}")
         except BaseException:
             if self._owns_engine:
@@ -212,7 +182,7 @@ class Reranker:
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
              return_documents: bool = False) -> list[dict[str, Any]]:
         """``[{"corpus_id", "score"(, "text")}]`` best first, like sentence-transformers' CrossEncoder.rank."""
-        _check_top_k(top_k)
+        check_top_k(top_k)
         return _ranking(self.rerank(query, documents), documents, top_k, return_documents)
 
     def score_details(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None, *,
@@ -325,7 +295,7 @@ class Reranker:
     async def arank(self, query: str, documents: Sequence[str], top_k: int | None = None,
                     return_documents: bool = False) -> list[dict[str, Any]]:
         """``rank`` for async code."""
-        _check_top_k(top_k)
+        check_top_k(top_k)
         return _ranking(await self.arerank(query, documents), documents, top_k, return_documents)
 
     async def ascore_details(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None,
@@ -360,22 +330,20 @@ class Reranker:
     # -- helpers -----------------------------------------------------------------------------
 
     def _options(self, long_documents: LongDocuments | None, max_document_tokens: int | None) -> dict[str, Any]:
-        long_documents = long_documents or self.long_documents
-        if long_documents not in LONG_DOCUMENTS:
-            raise ValueError(f"long_documents must be one of {LONG_DOCUMENTS}, got {long_documents!r}")
-        return {"long_documents": long_documents, "max_document_tokens": max_document_tokens}
+        return {"long_documents": check_long_documents(long_documents or self.long_documents),
+                "max_document_tokens": max_document_tokens}
 
     def _instructions(self, instructions: Sequence[str | None] | None, n: int) -> list[str | None]:
         """One instruction per pair: the given ones, checked, or the Reranker's for every pair."""
         if instructions is None:
             return [self.instruction] * n
         if isinstance(instructions, str):
-            raise ValueError("instructions must be a list with one instruction per pair, got a single string")
+            raise InputError("instructions must be a list with one instruction per pair, got a single string")
         instructions = list(instructions)
         if len(instructions) != n:
-            raise ValueError(f"instructions has {len(instructions)} items for {n} pairs")
+            raise InputError(f"instructions has {len(instructions)} items for {n} pairs")
         if any(i is not None for i in instructions) and not self.template.takes_instruction:
-            raise ValueError(f"template {self.template.name!r} takes no instruction")
+            raise InputError(f"template {self.template.name!r} takes no instruction")
         return [i if i is None else check_text(i, f"instructions[{n}]") for n, i in enumerate(instructions)]
 
 
@@ -422,14 +390,9 @@ def _checked(result: ScoredPairs) -> ScoredPairs:
     return result
 
 
-def _check_top_k(top_k: int | None) -> None:
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-
-
 def _ranking(scores: np.ndarray, documents: Sequence[str], top_k: int | None,
              return_documents: bool) -> list[dict[str, Any]]:
-    order = np.argsort(-scores, kind="stable")[:top_k]
+    order = best_first(scores, top_k)
     return [{"corpus_id": int(i), "score": float(scores[i]), **({"text": documents[i]} if return_documents else {})}
             for i in order]
 

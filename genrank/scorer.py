@@ -62,6 +62,11 @@ def warn_zero_mass(zero: int, pairs: int, scored: float, *, stacklevel: int = 2)
                   ZeroLabelMassWarning, stacklevel=stacklevel + 1)
 
 
+def best_first(scores: np.ndarray, top_k: int | None = None) -> np.ndarray:
+    """Indices of ``scores`` best first, ties in input order, NaN (failed pairs) last; the best ``top_k`` (None: all)."""
+    return np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")[:top_k]
+
+
 def unit_interval(score: np.ndarray, values: np.ndarray | list[float]) -> np.ndarray:
     """``score`` on [0, 1]: ``(score - lowest value) / (highest - lowest)``, clipped.
 

@@ -14,12 +14,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+from .errors import GenrankError
+
 DEFAULT_TEMPLATE = "lb-reranker-v1"
 SCORE_METHODS = ("expected",)
 _FIELDS = {"query", "document", "instruction"}
 
 
-class TemplateError(ValueError):
+class TemplateError(GenrankError):
     """A template file is missing, malformed, or does not fit the tokenizer."""
 
 

@@ -113,3 +113,22 @@ def test_bad_docs_json_and_engine_args_are_one_line_errors(tmp_path, tiny_model_
 def test_commands_close_the_reranker_they_made(tiny_model_dir, docs_file, closed_engines, capsys):
     assert main(["rank", SEED_QUERY, "--docs", str(docs_file), "-m", str(tiny_model_dir), "-e", "hf", "--json"]) == 0
     assert len(closed_engines) == 1
+
+
+def test_refusals_are_one_line_and_bugs_show_their_traceback(tiny_model_dir, docs_file, monkeypatch, capsys):
+    from genrank import Reranker
+
+    base = ["rank", SEED_QUERY, "--docs", str(docs_file), "-m", str(tiny_model_dir), "-e", "hf"]
+    assert main([*base, "--max-length", "8"]) == 2  # genrank's own refusal
+    err = capsys.readouterr().err  # after the weights' loading bar
+    assert "\ngenrank: error: max_length=8 leaves no room" in err and "Traceback" not in err
+    assert main(["rank", "q", "--docs", str(docs_file), "-m", str(tiny_model_dir / "missing"), "-e", "hf"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("genrank: error: cannot load the model:") and len(err.splitlines()) == 1
+
+    def bug(self, *args, **kwargs):
+        raise ValueError("an index went wrong")  # not genrank's message for the user: a bug
+
+    monkeypatch.setattr(Reranker, "rank", bug)
+    with pytest.raises(ValueError, match="an index went wrong"):
+        main(base)

@@ -76,7 +76,7 @@ def test_503_while_the_model_loads_then_ready(hf_engine):
     asyncio.run(_with_app(create_app(load), run))
 
 
-def test_an_engine_call_that_raises_fails_only_the_request_that_broke_it(hf_engine):
+def test_an_engine_call_that_raises_fails_only_the_request_that_broke_it(hf_engine, caplog):
     engine = PoisonEngine(hf_engine)
     app = create_app(Reranker(engine=engine), ServeSettings(batch_wait=0.5))
     bodies = [{"query": f"{SEED_QUERY} {n}", "documents": SEED_DOCUMENTS} for n in range(3)]
@@ -87,7 +87,11 @@ def test_an_engine_call_that_raises_fails_only_the_request_that_broke_it(hf_engi
         return await asyncio.gather(*(client.post("/v2/rerank", json=b) for b in bodies))
 
     good_first, bad, good_last = asyncio.run(_with_app(app, run))
-    assert bad.status_code == 500 and "RuntimeError: poisoned batch" in bad.json()["message"]
+    assert bad.status_code == 500 and "poisoned" not in bad.text  # the engine's own text stays in the server log
+    request_id = bad.json()["request_id"]
+    assert request_id in bad.json()["message"]
+    logged = [r for r in caplog.records if request_id in r.getMessage()]
+    assert len(logged) == 1 and "RuntimeError: poisoned batch" in logged[0].getMessage() and logged[0].exc_info
     want = Reranker(engine=hf_engine)
     for body, r in ((bodies[0], good_first), (bodies[2], good_last)):
         assert r.status_code == 200
@@ -143,3 +147,17 @@ def test_the_service_closes_the_reranker_it_made_not_one_it_was_given(tiny_model
     assert asyncio.run(_with_app(create_app(given), run)) == 200
     assert closed_engines == [made[0].engine]
     assert given.score([(SEED_QUERY, "d")]).shape == (1,)  # still open for its owner
+
+
+def test_an_unexpected_error_is_logged_with_a_request_id_not_returned(hf_engine, monkeypatch, caplog):
+    reranker = Reranker(engine=hf_engine)
+    monkeypatch.setattr(reranker, "prepare", lambda *a, **k: 1 / 0)  # a bug inside genrank
+
+    async def run(client: httpx.AsyncClient):
+        await _ready(client)
+        return await client.post("/v2/rerank", json={"query": SEED_QUERY, "documents": ["a"]})
+
+    r = asyncio.run(_with_app(create_app(reranker), run))
+    assert r.status_code == 500 and "division" not in r.text and r.json()["type"] == "internal_error"
+    logged = [rec for rec in caplog.records if r.json()["request_id"] in rec.getMessage()]
+    assert len(logged) == 1 and "ZeroDivisionError" in logged[0].getMessage()

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from . import evaluate, rank, score, serve, templates
-from .common import CliError, HelpFormatter
+from .common import CliError, HelpFormatter, is_refusal
 
 COMMANDS = (rank, score, evaluate, serve, templates)
 
@@ -28,15 +28,12 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand: genrank's own refusals print one line and exit 2; anything else shows its traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CliError, ValueError, ImportError, OSError) as e:  # OSError: model files not found
-        print(f"genrank: error: {e}", file=sys.stderr)
-        return 2
     except Exception as e:
-        openai = sys.modules.get("openai")  # a server's 401/403/404 from the remote engine
-        if openai is None or not isinstance(e, openai.OpenAIError):
+        if not is_refusal(e):
             raise
         print(f"genrank: error: {e}", file=sys.stderr)
         return 2

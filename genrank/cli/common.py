@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import sys
 from typing import Any
 
+from ..errors import GenrankError, MissingExtra
 from ..prompts import LONG_DOCUMENTS
 from ..reranker import Reranker
 from ..templates import DEFAULT_TEMPLATE
 
 
-class CliError(Exception):
-    """A user error: printed as one line, exit status 2."""
+class CliError(GenrankError):
+    """A user error on the command line: printed as one line, exit status 2."""
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -24,6 +26,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.required and action.option_strings:
             return f"{text} (required)"
         return text if "(default:" in text else super()._get_help_string(action)
+
+
+def is_refusal(e: BaseException) -> bool:
+    """Whether ``e`` is a refusal with a message for the user (one line), not an unexpected failure.
+
+    genrank's own (``GenrankError``, ``MissingExtra``), and a remote server's refusal the OpenAI
+    driver raises as the ``openai`` package's exception (401, 403, 404, a rejected setup).
+    """
+    if isinstance(e, (GenrankError, MissingExtra)):
+        return True
+    openai = sys.modules.get("openai")
+    return openai is not None and isinstance(e, openai.OpenAIError)
 
 
 def require(extra: str, *modules: str) -> None:
@@ -83,8 +97,13 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def reranker_from_args(args: argparse.Namespace, **overrides: Any) -> Reranker:
-    return Reranker(args.model, engine=args.engine, template=args.template, max_length=args.max_length,
-                    long_documents=args.long_documents, instruction=args.instruction,
-                    normalize=False if args.card_formula else None, **engine_options(args), **overrides)
+    """The Reranker the options describe; a model that cannot be read (OSError: not found, no access) is a CliError."""
+    options = engine_options(args)
+    try:
+        return Reranker(args.model, engine=args.engine, template=args.template, max_length=args.max_length,
+                        long_documents=args.long_documents, instruction=args.instruction,
+                        normalize=False if args.card_formula else None, **options, **overrides)
+    except OSError as e:
+        raise CliError(f"cannot load the model: {e}") from e
 
 

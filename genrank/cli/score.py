@@ -10,7 +10,8 @@ from typing import Any
 
 from .. import io
 from ..batch import score_file
-from .common import CliError, HelpFormatter, add_model_options, require, reranker_from_args
+from ..errors import GenrankError
+from .common import CliError, HelpFormatter, add_model_options, is_refusal, require, reranker_from_args
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -52,10 +53,14 @@ def cmd_score(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 print(f"genrank: interrupted; {_kept(args.output)}", file=sys.stderr)
                 return 130
-            except (ValueError, OSError, ImportError):  # a refusal, a bad input or file: printed by main()
+            except GenrankError:  # a refusal before any row (bad input, another run's output): printed by main()
                 raise
-            except Exception as e:  # the engine stopped the run (e.g. every request rejected the same way)
-                raise CliError(f"{e} ({type(e).__name__}); {_kept(args.output)}") from e
+            except Exception as e:
+                if is_refusal(e):  # the engine stopped the run (e.g. every request rejected the same way)
+                    raise CliError(f"{e} ({type(e).__name__}); {_kept(args.output)}") from e
+                print(f"genrank: the run stopped on an unexpected error (below); {_kept(args.output)}",
+                      file=sys.stderr)
+                raise
     print(f"genrank score: {summary}", file=sys.stderr)
     return 1 if summary.failed else 0
 

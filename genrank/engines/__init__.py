@@ -7,6 +7,7 @@ import importlib.util
 import logging
 from typing import Any
 
+from ..errors import InputError, MissingExtra
 from .base import Engine, LabelLogprobs
 
 # name -> (module, class, pip extra)
@@ -28,13 +29,13 @@ def engine_class(name: str) -> type:
         log.info("engine='auto' chose %r: %s", name, why)
     name = ALIASES.get(name, name)
     if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; choose one of: auto, {', '.join(ENGINES)}, transformers "
+        raise InputError(f"unknown engine {name!r}; choose one of: auto, {', '.join(ENGINES)}, transformers "
                          "(or pass an Engine instance)")
     module, cls, extra = ENGINES[name]
     try:
         return getattr(importlib.import_module(module), cls)
     except ImportError as e:
-        raise ImportError(f"engine {name!r} needs packages that are not installed ({e}); "
+        raise MissingExtra(f"engine {name!r} needs packages that are not installed ({e}); "
                           f"install them with: pip install 'genrank[{extra}]'") from e
 
 
@@ -64,7 +65,7 @@ def make_engine(engine: str | Engine, model: str | None, **kwargs: Any) -> Engin
         return engine
     cls = engine_class(engine)
     if model is None:
-        raise ValueError(f"engine {engine!r} needs a model")
+        raise InputError(f"engine {engine!r} needs a model")
     return cls(model, **kwargs)
 
 

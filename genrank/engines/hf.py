@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from ..errors import InputError
 from ..prompts import Labels, Prompts
 from .base import Engine, LabelLogprobs
 
@@ -51,7 +52,7 @@ class TransformersEngine(Engine):
         else:
             if isinstance(dtype, str):
                 if not isinstance(getattr(torch, dtype, None), torch.dtype):
-                    raise ValueError(f"dtype must be a torch dtype or its name such as 'bfloat16', got {dtype!r}")
+                    raise InputError(f"dtype must be a torch dtype or its name such as 'bfloat16', got {dtype!r}")
                 dtype = getattr(torch, dtype)
             name = model
             self.model = AutoModelForCausalLM.from_pretrained(
@@ -94,7 +95,7 @@ class TransformersEngine(Engine):
     def label_logprobs(self, prompts: Prompts, labels: Labels) -> LabelLogprobs:
         ids = prompts.token_ids
         if ids is None or labels.token_ids is None:
-            raise ValueError("TransformersEngine needs tokenized prompts and label token ids")
+            raise InputError("TransformersEngine needs tokenized prompts and label token ids")
         label_ids = torch.tensor(labels.token_ids, device=self.device)
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         order = np.argsort(-lengths, kind="stable")  # longest first: the first batch finds OOM early

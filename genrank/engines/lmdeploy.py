@@ -39,6 +39,7 @@ import lmdeploy
 import numpy as np
 from lmdeploy import GenerationConfig, PytorchEngineConfig, TurbomindEngineConfig
 
+from ..errors import InputError
 from ..prompts import Labels, Prompts
 from .base import Engine, LabelLogprobs, grouped_by_query
 
@@ -66,17 +67,17 @@ class LMDeployEngine(Engine):
                  backend_config: TurbomindEngineConfig | PytorchEngineConfig | None = None,
                  top_logprobs: int = MAX_TOP_LOGPROBS, **pipeline_kwargs: Any):
         if (model is None) == (pipeline is None):
-            raise ValueError("LMDeployEngine needs exactly one of model (a name or path) or pipeline (an lmdeploy pipeline)")
+            raise InputError("LMDeployEngine needs exactly one of model (a name or path) or pipeline (an lmdeploy pipeline)")
         if pipeline is not None and (backend_config is not None or pipeline_kwargs):
             raise TypeError("backend_config and pipeline options only apply when LMDeployEngine creates the pipeline")
         if not isinstance(top_logprobs, int) or not 1 <= top_logprobs <= MAX_TOP_LOGPROBS:
-            raise ValueError(f"top_logprobs must be an integer in 1..{MAX_TOP_LOGPROBS}, got {top_logprobs!r}")
+            raise InputError(f"top_logprobs must be an integer in 1..{MAX_TOP_LOGPROBS}, got {top_logprobs!r}")
         if pipeline is None:
             pipeline = lmdeploy.pipeline(model, backend_config=_exact_backend_config(backend_config), **pipeline_kwargs)
         self.pipeline = pipeline
         config = pipeline.backend_config
         if isinstance(config, PytorchEngineConfig) and config.logprobs_mode != "raw_logprobs":
-            raise ValueError(f"the pipeline's PytorchEngineConfig has logprobs_mode={config.logprobs_mode!r}; genrank "
+            raise InputError(f"the pipeline's PytorchEngineConfig has logprobs_mode={config.logprobs_mode!r}; genrank "
                              "needs 'raw_logprobs' (log-probabilities of the unprocessed logits)")
         self.backend = "pytorch" if isinstance(config, PytorchEngineConfig) else "turbomind"
         self.top_logprobs = top_logprobs
@@ -115,7 +116,7 @@ class LMDeployEngine(Engine):
 
     def label_logprobs(self, prompts: Prompts, labels: Labels) -> LabelLogprobs:
         if prompts.token_ids is None or labels.token_ids is None:
-            raise ValueError("LMDeployEngine needs tokenized prompts and label token ids")
+            raise InputError("LMDeployEngine needs tokenized prompts and label token ids")
         values = np.full((len(prompts), len(labels.token_ids)), -np.inf)
         errors: dict[int, str] = {}
         if self.takes_token_ids:

@@ -28,6 +28,7 @@ import vllm
 from vllm import SamplingParams
 from vllm.inputs import TokensPrompt
 
+from ..errors import InputError
 from ..prompts import Labels, Prompts
 from .base import Engine, LabelLogprobs, grouped_by_query
 
@@ -57,21 +58,21 @@ class VLLMEngine(Engine):
     def __init__(self, model: str | None = None, *, llm: vllm.LLM | None = None,
                  method: Literal["generate", "pooling"] | None = None, **vllm_kwargs: Any):
         if (model is None) == (llm is None):
-            raise ValueError("VLLMEngine needs exactly one of model (a name or path) or llm (a vllm.LLM)")
+            raise InputError("VLLMEngine needs exactly one of model (a name or path) or llm (a vllm.LLM)")
         if llm is not None and vllm_kwargs:
             raise TypeError(f"vLLM options {sorted(vllm_kwargs)} were given with an existing llm; "
                             "they only apply when VLLMEngine creates the LLM")
         if method not in (None, "generate", "pooling"):
-            raise ValueError(f"method must be 'generate' or 'pooling', got {method!r}")
+            raise InputError(f"method must be 'generate' or 'pooling', got {method!r}")
         self._llm = llm
         self._model = model
         self._kwargs = vllm_kwargs
         if llm is not None:
             runner = llm.llm_engine.model_config.runner_type
             if method is not None and method != runner:
-                raise ValueError(f"method={method!r} does not match the llm, which was built with runner={runner!r}")
+                raise InputError(f"method={method!r} does not match the llm, which was built with runner={runner!r}")
             if runner not in ("generate", "pooling"):
-                raise ValueError(f"the llm was built with runner={runner!r}; genrank needs 'generate' or 'pooling'")
+                raise InputError(f"the llm was built with runner={runner!r}; genrank needs 'generate' or 'pooling'")
             self.method = runner
             self._tokenizer = llm.get_tokenizer()
             if runner == "generate":
@@ -118,14 +119,14 @@ class VLLMEngine(Engine):
     def pooling_overrides(tokenizer: Any, labels: Labels) -> dict[str, Any]:
         """``hf_overrides`` that turn a causal LM's head into a classifier over ``labels``."""
         if labels.token_ids is None:
-            raise ValueError("pooling needs the label token ids")
+            raise InputError("pooling needs the label token ids")
         return {"classifier_from_token": tokenizer.convert_ids_to_tokens(list(labels.token_ids)),
                 "method": "no_post_processing"}
 
     def label_logprobs(self, prompts: Prompts, labels: Labels) -> LabelLogprobs:
         ids = prompts.token_ids
         if ids is None or labels.token_ids is None:
-            raise ValueError("VLLMEngine needs tokenized prompts and label token ids")
+            raise InputError("VLLMEngine needs tokenized prompts and label token ids")
         llm = self._ready(labels)
         values = np.full((len(ids), len(labels.token_ids)), -np.inf)
         errors: dict[int, str] = {}
@@ -169,7 +170,7 @@ class VLLMEngine(Engine):
         config = self._llm.llm_engine.model_config.hf_config.get_text_config()
         have = getattr(config, "classifier_from_token", None)
         if list(have or ()) != wanted["classifier_from_token"] or getattr(config, "method", None) != "no_post_processing":
-            raise ValueError(f"the pooling llm classifies tokens {have!r}, not the labels "
+            raise InputError(f"the pooling llm classifies tokens {have!r}, not the labels "
                              f"{wanted['classifier_from_token']!r}; build it with "
                              "hf_overrides=VLLMEngine.pooling_overrides(tokenizer, labels)")
         return self._llm
@@ -178,7 +179,7 @@ class VLLMEngine(Engine):
         config = self._llm.llm_engine.model_config
         mode = getattr(config, "logprobs_mode", "raw_logprobs")
         if mode != "raw_logprobs":
-            raise ValueError(f"the llm was built with logprobs_mode={mode!r}; genrank needs 'raw_logprobs' "
+            raise InputError(f"the llm was built with logprobs_mode={mode!r}; genrank needs 'raw_logprobs' "
                              "(vLLM's default: log-probabilities before any logits processor)")
         if not _HAS_LABEL_IDS:
             log.warning("this vLLM has no SamplingParams.logprob_token_ids (added in 0.32); reading the top-%d "

@@ -19,9 +19,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
-from ..reranker import Reranker, ScoredPairs, ScoringError, query_pairs
+from ..errors import MissingExtra
+from ..reranker import Reranker, ScoredPairs, ScoringError
+from ..scorer import best_first
+from ..validation import query_pairs
 
 SCORE_KEY = "genrank_score"  # the expected label value (1-7 for lb-reranker)
 LABEL_MASS_KEY = "genrank_label_mass"  # probability the model put on the labels
@@ -47,16 +48,16 @@ async def arank_texts(reranker: Reranker, query: str, texts: Sequence[str], top_
     return _hits(await reranker.ascore_details(query_pairs(query, texts)), top_n)
 
 
-def framework_error(module: str, package: str, extra: str) -> ImportError:
+def framework_error(module: str, package: str, extra: str) -> MissingExtra:
     """The error raised when ``genrank.integrations.<module>`` cannot import its framework."""
-    return ImportError(f"genrank.integrations.{module} needs {package}, which is not installed; "
+    return MissingExtra(f"genrank.integrations.{module} needs {package}, which is not installed; "
                        f"install it with: pip install 'genrank[{extra}]'")
 
 
 def _hits(result: ScoredPairs, top_n: int | None) -> list[Hit]:
     if result.errors:
         raise ScoringError(result)
-    order = np.argsort(-result.score, kind="stable")[:top_n]
+    order = best_first(result.score, top_n)
     return [Hit(int(i), float(result.relevance[i]), float(result.score[i]), float(result.label_mass[i]))
             for i in order]
 

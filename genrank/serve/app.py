@@ -21,8 +21,10 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 
 from .. import __version__
+from ..errors import GenrankError
 from ..reranker import Reranker, ScoredPairs
-from .errors import ApiError, error_response
+from ..scorer import best_first
+from .errors import ApiError, error_response, internal_error
 from .metrics import Metrics
 from .middleware import CLIENT_CLOSED, BearerAuth, BodyLimit, Telemetry
 from .scheduler import QueueFull, Scheduler
@@ -49,7 +51,7 @@ class Ranking:
         """Document indices best first (ties in input order), the best ``top_n`` (None or 0: all)."""
         if self.scored is None:
             return []
-        return np.argsort(-self.scored.relevance, kind="stable")[: top_n or None].tolist()
+        return best_first(self.scored.relevance, top_n or None).tolist()
 
 
 class Service:
@@ -120,6 +122,10 @@ class Service:
                     self.settings.request_timeout)
         except QueueFull as e:
             raise ApiError(429, str(e), headers={"Retry-After": "1"}) from None
+        except (ApiError, _ClientGone):
+            raise
+        except Exception as e:  # a bug: its text (which may hold anything) goes to the log, not the client
+            raise internal_error(500, "the request failed", e, log) from None
         if scored.errors:
             first = min(scored.errors)
             raise ApiError(502, f"{len(scored.errors)} of {len(texts)} documents could not be scored; "
@@ -135,7 +141,7 @@ class Service:
         try:
             prompts = await asyncio.to_thread(reranker.prepare, [(query, t) for t in texts],
                                               long_documents=long_documents, max_document_tokens=max_document_tokens)
-        except ValueError as e:
+        except GenrankError as e:  # genrank's own message about this request's input
             raise ApiError(422, str(e)) from None
         if refuse_cut and prompts.truncated.any():
             cut = int(np.argmax(prompts.truncated))
@@ -150,9 +156,7 @@ class Service:
             try:
                 scored = await scheduler.score(prompts)
             except Exception as e:  # the engine failed for the whole call (e.g. a remote server refused the key)
-                status = 502 if scheduler.native else 500
-                log.error("engine call failed: %s: %s", type(e).__name__, e)
-                raise ApiError(status, f"the engine failed: {type(e).__name__}: {e}") from None
+                raise internal_error(502 if scheduler.native else 500, "the engine failed", e, log) from None
         tokens = sum(map(len, prompts.token_ids)) if prompts.token_ids is not None else 0
         return scored, tokens
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..reranker import check_text
+from ..validation import check_text
 
 
 class _Request(BaseModel):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..errors import InputError
+
 
 @dataclass(frozen=True)
 class ServeSettings:
@@ -28,16 +30,16 @@ class ServeSettings:
         for name in ("max_documents", "max_body_bytes", "max_queue_pairs"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.max_batch_pairs, int) or self.max_batch_pairs < 0:
-            raise ValueError(f"max_batch_pairs must be a non-negative integer (0: no batching across requests), "
+            raise InputError(f"max_batch_pairs must be a non-negative integer (0: no batching across requests), "
                              f"got {self.max_batch_pairs!r}")
         if not 0 <= self.batch_wait <= 10:
-            raise ValueError(f"batch_wait must be 0 to 10 seconds, got {self.batch_wait!r}")
+            raise InputError(f"batch_wait must be 0 to 10 seconds, got {self.batch_wait!r}")
         if not self.request_timeout > 0:
-            raise ValueError(f"request_timeout must be a positive number of seconds, got {self.request_timeout!r}")
+            raise InputError(f"request_timeout must be a positive number of seconds, got {self.request_timeout!r}")
         if any(not isinstance(k, str) or not k.strip() or k != k.strip() for k in self.api_keys):
-            raise ValueError("api_keys must be non-blank strings without surrounding whitespace")
+            raise InputError("api_keys must be non-blank strings without surrounding whitespace")
 
 
 __all__ = ["ServeSettings"]
