@@ -13,7 +13,7 @@ import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import Mapping
-from concurrent.futures import Executor
+from concurrent.futures import CancelledError, Executor
 from functools import partial
 from typing import Any, Literal
 
@@ -200,6 +200,10 @@ class OpenAIEngine(Engine):
         future = self._background.submit(self.alabel_logprobs, prompts, labels)
         try:
             return future.result()
+        except CancelledError:  # its loop ended before its queue could fail it
+            if self._dispatcher.closed:
+                raise RuntimeError("the engine was closed while this call was running") from None
+            raise
         except BaseException:
             future.cancel()  # e.g. KeyboardInterrupt: drop this call's requests
             raise
