@@ -73,3 +73,17 @@ def test_naming_the_server_skips_the_check(kind, asks_label_ids):
     assert all(("logprob_token_ids" in r["body"]) == asks_label_ids for r in server.requests)
     with pytest.raises(ValueError, match="server must be 'auto' .*, 'vllm' .* or 'other', got 'sglang'"):
         OpenAIEngine("test-model", server="sglang")
+
+
+def test_scoring_method_says_what_is_sent_and_read_and_asks_the_server_once(tiny_tokenizer):
+    with FakeOpenAIServer(vllm_version="0.32.0") as server:
+        engine = OpenAIEngine("test-model", base_url=server.url, tokenizer=tiny_tokenizer)
+        assert engine.scoring_method == "token ids; label token ids"
+        assert engine.label_logprobs(chat_prompts(["a"]), LABELS).errors == {}
+        assert engine.scoring_method == "token ids; label token ids"
+        engine.close()
+        other = OpenAIEngine("test-model", base_url=server.url, server="other", top_logprobs=5)
+        assert other.scoring_method == "chat messages; top 5 log-probs"
+        assert OpenAIEngine("m", server="other", content="verbatim").scoring_method == \
+            "chat messages (content verbatim); top 20 (5 if refused) log-probs"
+    assert server.gets == {"/v1/models": 1, "/version": 1}

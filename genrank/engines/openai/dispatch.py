@@ -101,10 +101,10 @@ class Dispatcher:
         self.pause = Pause()
         self.health = Health()
         self.top_logprobs = top_logprobs or MAX_TOP_LOGPROBS  # read at each post: a server may refuse 20
+        self.top_logprobs_auto = top_logprobs is None  # then 5 where the server refuses 20
         self.closed = False
         connections = concurrency + (backups.extra if backups is not None else 0)
         self.new_session = partial(_session, headers, connections, timeout)
-        self._top_logprobs_auto = top_logprobs is None
         self._where = shown(URL(base_url))
         self._api_key, self._proxy, self._timeout, self._max_retries = api_key, proxy, timeout, max_retries
         self._rps = RateLimiter(requests_per_second, 1.0) if requests_per_second is not None else None
@@ -295,7 +295,7 @@ class Dispatcher:
             if wait is not None or status == 429:  # the server is busy for every request, not just this one
                 self.pause.pause(wait if wait is not None else _BARE_429_PAUSE)
             error = http_error(status, url, raw, self._api_key, wait)
-            if not (self._top_logprobs_auto and (top or 0) > FALLBACK_TOP_LOGPROBS
+            if not (self.top_logprobs_auto and (top or 0) > FALLBACK_TOP_LOGPROBS
                     and refuses_top_logprobs(status, raw.decode("utf-8", "replace"))):
                 raise error
             if self.top_logprobs > FALLBACK_TOP_LOGPROBS:

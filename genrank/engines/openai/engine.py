@@ -186,6 +186,23 @@ class OpenAIEngine(Engine):
     def is_closed(self) -> bool:
         return self._dispatcher.closed
 
+    @property
+    def scoring_method(self) -> str:
+        """What is sent and what is read, e.g. "token ids; label token ids" (asks the server's kind if not yet known)."""
+        server = self._server.kind
+        if server is None:
+            if threading.current_thread() is self._background.thread:
+                raise RuntimeError("scoring_method was read on the engine's own event loop")
+            self._check_open()
+            server = self._background.submit(self._server_kind).result()
+        sent = "chat messages" if self._sends_chat(server, self._tokenizer is not None) else "token ids"
+        if self.content == "verbatim":
+            sent += " (content verbatim)"
+        if self._reads_label_ids(server):
+            return f"{sent}; label token ids"
+        top = self._dispatcher.top_logprobs if not self._dispatcher.top_logprobs_auto else "20 (5 if refused)"
+        return f"{sent}; top {top} log-probs"
+
     def __repr__(self) -> str:  # never shows the API key or a password in base_url
         return (f"OpenAIEngine(model={self.model!r}, base_url={shown(URL(self.base_url))!r}, mode={self.mode!r}, "
                 f"concurrency={self.concurrency})")
@@ -252,6 +269,9 @@ class OpenAIEngine(Engine):
         await self._dispatcher.aclose()
         await asyncio.to_thread(self._background.stop)
 
+    async def _server_kind(self) -> ServerKind:
+        return await self._server.get(self._dispatcher.queue().session, self._dispatcher.proxy)
+
     def _check_open(self) -> None:
         if self._dispatcher.closed:
             raise RuntimeError("the engine is closed")
@@ -267,8 +287,7 @@ class OpenAIEngine(Engine):
         """
         ids = await self._resolve_label_ids(session, server, labels)
         altered: set[int] = set()
-        chat = self.mode == "chat" and not (self.content == "data" and prompts.token_ids is not None
-                                            and server == "vllm")  # else genrank's token ids go to /completions
+        chat = self._sends_chat(server, prompts.token_ids is not None)
         prefix = prompts.template.assistant_prefix if chat else None
         if chat:
             neutralise = self.content == "data"
@@ -304,13 +323,22 @@ class OpenAIEngine(Engine):
 
         return request, ids, altered
 
+    def _sends_chat(self, server: ServerKind, tokenized: bool) -> bool:
+        """Chat messages to /chat/completions; else genrank's token ids to /completions (always in completions
+        mode; in chat mode to a vLLM server, content as data, when the prompts are ``tokenized``)."""
+        return self.mode == "chat" and not (self.content == "data" and tokenized and server == "vllm")
+
+    def _reads_label_ids(self, server: ServerKind) -> bool:
+        """The label tokens' log-probs asked by id; else the top log-probs read."""
+        return self.label_token_ids is True or (self.label_token_ids == "auto" and server == "vllm")
+
     async def _resolve_label_ids(self, session: aiohttp.ClientSession, server: ServerKind,
                                  labels: Labels) -> tuple[int, ...] | None:
         """The label token ids to ask for, or None to read the top log-probs."""
         if labels.texts in self._label_ids:
             return self._label_ids[labels.texts]
         ids = None
-        if self.label_token_ids is True or (self.label_token_ids == "auto" and server == "vllm"):
+        if self._reads_label_ids(server):
             ids = labels.token_ids
             if ids is None and self._tokenizer is not None:
                 ids = label_token_ids(self._tokenizer, labels.texts)
