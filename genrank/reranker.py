@@ -195,17 +195,10 @@ class Reranker:
         ``score_stream``). ``max_document_tokens`` cuts each document to that many
         tokens first (Cohere's ``max_tokens_per_doc``).
         """
-        queries, documents = split_pairs(pairs)
-        instructions = self._instructions(instructions, len(queries))
-        options = self._options(long_documents, max_document_tokens)
-        spans = [slice(start, start + self.chunk_size) for start in range(0, len(queries), self.chunk_size)]
+        chunks = self._chunks(pairs, instructions, long_documents, max_document_tokens)
         parts = []
-
-        def build(span: slice) -> Prompts:
-            return self.builder.build(queries[span], documents[span], instructions[span], **options)
-
-        with tqdm(total=len(queries), unit="pair", disable=not self.show_progress) as bar:
-            for pairs, result in self.score_stream((p.pairs, p) for p in prefetch(build, spans)):
+        with tqdm(total=chunks.pairs, unit="pair", disable=not self.show_progress) as bar:
+            for pairs, result in self.score_stream((p.pairs, p) for p in prefetch(chunks.build, chunks.spans)):
                 parts.append(result)
                 bar.update(pairs)
         return _concat(parts) if parts else self.score_logprobs(self.builder.build([], []), _no_logprobs(self))
@@ -301,17 +294,24 @@ class Reranker:
     async def ascore_details(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None,
                              *, long_documents: LongDocuments | None = None,
                              max_document_tokens: int | None = None) -> ScoredPairs:
-        """``score_details`` for async code: prompts are built on a worker thread, then scored by
-        ``ascore_prompts`` one chunk at a time."""
-        queries, documents = split_pairs(pairs)
-        instructions = self._instructions(instructions, len(queries))
-        options = self._options(long_documents, max_document_tokens)
-        parts = []
-        for start in range(0, len(queries), self.chunk_size):
-            span = slice(start, start + self.chunk_size)
-            prompts = await asyncio.to_thread(self.builder.build, queries[span], documents[span], instructions[span],
-                                              **options)
-            parts.append(await self.ascore_prompts(prompts))
+        """``score_details`` for async code, with the same chunks: the next chunk's prompts are built on
+        a worker thread while the engine scores up to ``max_calls_in_flight`` chunks (one for an
+        in-process engine). Cancelling the caller cancels the chunks in flight."""
+        chunks = self._chunks(pairs, instructions, long_documents, max_document_tokens)
+        parts: list[ScoredPairs] = []
+        pending: deque[asyncio.Task[ScoredPairs]] = deque()
+        try:
+            for span in chunks.spans:
+                prompts = await asyncio.to_thread(chunks.build, span)
+                while len(pending) >= self._calls_in_flight:
+                    parts.append(await pending.popleft())
+                pending.append(asyncio.ensure_future(self.ascore_prompts(prompts)))
+            while pending:
+                parts.append(await pending.popleft())
+        finally:
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         return _concat(parts) if parts else self.score_logprobs(self.builder.build([], []), _no_logprobs(self))
 
     async def ascore_prompts(self, prompts: Prompts) -> ScoredPairs:
@@ -329,6 +329,13 @@ class Reranker:
 
     # -- helpers -----------------------------------------------------------------------------
 
+    def _chunks(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None,
+                long_documents: LongDocuments | None, max_document_tokens: int | None) -> _Chunks:
+        """The checked pairs of a ``score_details`` call, in chunks of ``chunk_size``."""
+        queries, documents = split_pairs(pairs)
+        return _Chunks(self.builder, queries, documents, self._instructions(instructions, len(queries)),
+                       self._options(long_documents, max_document_tokens), self.chunk_size)
+
     def _options(self, long_documents: LongDocuments | None, max_document_tokens: int | None) -> dict[str, Any]:
         return {"long_documents": check_long_documents(long_documents or self.long_documents),
                 "max_document_tokens": max_document_tokens}
@@ -345,6 +352,30 @@ class Reranker:
         if any(i is not None for i in instructions) and not self.template.takes_instruction:
             raise InputError(f"template {self.template.name!r} takes no instruction")
         return [i if i is None else check_text(i, f"instructions[{n}]") for n, i in enumerate(instructions)]
+
+
+@dataclass(frozen=True)
+class _Chunks:
+    """The chunk plan both ``score_details`` and ``ascore_details`` follow: spans of ``size`` pairs and their prompts."""
+
+    builder: PromptBuilder
+    queries: list[str]
+    documents: list[str]
+    instructions: list[str | None]
+    options: dict[str, Any]
+    size: int
+
+    @property
+    def pairs(self) -> int:
+        return len(self.queries)
+
+    @property
+    def spans(self) -> list[slice]:
+        return [slice(start, start + self.size) for start in range(0, len(self.queries), self.size)]
+
+    def build(self, span: slice) -> Prompts:
+        """The prompts of the pairs in ``span``."""
+        return self.builder.build(self.queries[span], self.documents[span], self.instructions[span], **self.options)
 
 
 class _EngineThread(ThreadPoolExecutor):

@@ -178,3 +178,41 @@ def test_framework_adapters_score_off_the_event_loop(hf_engine, adapter):
     watched = WatchedEngine(hf_engine, delay=0.2)
     assert asyncio.run(ticking(watched, adapter(Reranker(engine=watched))))
     assert watched.calls == 1 and watched.ticks_during[0] >= 5, f"{watched.ticks_during} ticks while scoring"
+
+
+class RemoteLikeEngine(Engine):
+    """The tiny model behind a native async engine that takes ``max_calls_in_flight`` calls at once (as a
+    remote one does), recording how many of its calls overlap."""
+
+    prompt_format = "tokens"
+    native_async = True
+
+    def __init__(self, engine, max_calls_in_flight: int):
+        self.engine, self.max_calls_in_flight = engine, max_calls_in_flight
+        self.running = self.most_running = 0
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def label_logprobs(self, prompts, labels):
+        return self.engine.label_logprobs(prompts, labels)
+
+    async def alabel_logprobs(self, prompts, labels, *, executor=None):
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            await asyncio.sleep(0.05)  # the server's latency
+            return self.engine.label_logprobs(prompts, labels)
+        finally:
+            self.running -= 1
+
+
+def test_async_scoring_keeps_the_engines_calls_in_flight(hf_engine, reranker):
+    pairs = [(q, d) for q in QUERIES[:2] for d in SEED_DOCUMENTS]  # 12 pairs: 6 chunks of 2
+    engine = RemoteLikeEngine(hf_engine, max_calls_in_flight=3)
+    rr = Reranker(engine=engine, chunk_size=2)
+    got = asyncio.run(rr.ascore_details(pairs))
+    assert engine.most_running == 3  # as score_stream keeps them on the sync path
+    np.testing.assert_allclose(got.score, reranker.score(pairs), atol=1e-5)
+    assert rr.score_details(pairs).score.tolist() == pytest.approx(got.score.tolist(), abs=1e-5)
