@@ -30,7 +30,8 @@ from .queue import Queue, Slot
 
 log = logging.getLogger(__name__)
 
-Request = Callable[[], tuple[URL, bytes, int, int | None]]  # (endpoint, JSON body, token estimate, top logprobs asked)
+RequestParts = tuple[URL, bytes, int, int | None]  # endpoint, JSON body, token estimate, top logprobs asked
+Request = Callable[[], RequestParts]  # built at each post: the top logprobs asked may have stepped down
 
 # Until a request succeeds, at most this many are in flight, and this many rejected alike stop the
 # run: a handful of pairs that fail on their own (too long, say) rarely come first and all alike,
@@ -106,16 +107,13 @@ class Dispatcher:
         connections = concurrency + (backups.extra if backups is not None else 0)
         self.new_session = partial(_session, headers, connections, timeout)
         self._where = shown(URL(base_url))
-        self._api_key, self._proxy, self._timeout, self._max_retries = api_key, proxy, timeout, max_retries
+        self.proxy = proxy  # from the environment, looked up once
+        self._api_key, self._timeout, self._max_retries = api_key, timeout, max_retries
         self._rps = RateLimiter(requests_per_second, 1.0) if requests_per_second is not None else None
         self._tpm = RateLimiter(tokens_per_minute, 60.0) if tokens_per_minute is not None else None
         self._progress = progress
         self._lock = threading.Lock()
         self._queues: dict[asyncio.AbstractEventLoop, Queue] = {}
-
-    @property
-    def proxy(self) -> str | None:
-        return self._proxy
 
     def queue(self) -> Queue:
         """The running event loop's queue, made on first use; RuntimeError once closed."""
@@ -273,7 +271,7 @@ class Dispatcher:
         while True:
             sent = queue.loop.time()
             try:
-                async with queue.session.post(url, data=body, proxy=self._proxy) as resp:
+                async with queue.session.post(url, data=body, proxy=self.proxy) as resp:
                     raw = await resp.read()
                     answered = queue.loop.time()
                     status = resp.status

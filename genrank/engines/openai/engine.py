@@ -12,7 +12,7 @@ import threading
 import urllib.parse
 import urllib.request
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import CancelledError, Executor
 from functools import partial
 from typing import Any, Literal
@@ -25,7 +25,7 @@ from ...prompts import Labels, Prompts, label_token_ids
 from ..base import Engine, LabelLogprobs, grouped_by_query
 from .background import Background
 from .backups import Backups
-from .dispatch import Dispatcher, Request
+from .dispatch import Dispatcher, RequestParts
 from .errors import Rejected, Transient, redact, shown
 from .progress import Progress
 from .protocol import endpoint, extractor, request_body, request_head
@@ -156,12 +156,13 @@ class OpenAIEngine(Engine):
             headers["Authorization"] = f"Bearer {self._api_key}"
         self._query = {k: str(v) for k, v in (default_query or {}).items()}
         self._tokenizer = _load_tokenizer(tokenizer or (model if mode == "completions" else None), trust_remote_code)
-        self._server = Detector(server, self.base_url, self._query, self._api_key, max_retries)
+        proxy = _environment_proxy(self.base_url)
+        self._server = Detector(server, self.base_url, self._query, self._api_key, proxy, max_retries)
         self._label_ids: dict[tuple[str, ...], tuple[int, ...] | None] = {}
         self._warned_no_tokenizer = False
         self._progress = Progress()
         self._dispatcher = Dispatcher(
-            base_url=self.base_url, api_key=self._api_key, headers=headers, proxy=_environment_proxy(self.base_url),
+            base_url=self.base_url, api_key=self._api_key, headers=headers, proxy=proxy,
             concurrency=concurrency, timeout=self.timeout, max_retries=max_retries,
             backups=Backups(self.backup_requests, concurrency) if self.backup_requests else None,
             requests_per_second=requests_per_second, tokens_per_minute=tokens_per_minute, top_logprobs=top_logprobs,
@@ -184,6 +185,7 @@ class OpenAIEngine(Engine):
 
     @property
     def is_closed(self) -> bool:
+        """Whether ``close`` or ``aclose`` was called (closing is final)."""
         return self._dispatcher.closed
 
     @property
@@ -239,7 +241,7 @@ class OpenAIEngine(Engine):
         if not n:
             return LabelLogprobs(values)
         queue = self._dispatcher.queue()
-        server = await self._server.get(queue.session, self._dispatcher.proxy)
+        server = await self._server.get(queue.session)
         request, ids, altered = await self._requests(queue.session, server, prompts, labels)
         extract = extractor(labels, ids)
         fetch_one, api_key = self._dispatcher.fetch, self._api_key
@@ -270,7 +272,7 @@ class OpenAIEngine(Engine):
         await asyncio.to_thread(self._background.stop)
 
     async def _server_kind(self) -> ServerKind:
-        return await self._server.get(self._dispatcher.queue().session, self._dispatcher.proxy)
+        return await self._server.get(self._dispatcher.queue().session)
 
     def _check_open(self) -> None:
         if self._dispatcher.closed:
@@ -279,7 +281,7 @@ class OpenAIEngine(Engine):
     # -- requests ----------------------------------------------------------------------------
 
     async def _requests(self, session: aiohttp.ClientSession, server: ServerKind, prompts: Prompts,
-                        labels: Labels) -> tuple[Request, tuple[int, ...] | None, set[int]]:
+                        labels: Labels) -> tuple[Callable[[int], RequestParts], tuple[int, ...] | None, set[int]]:
         """A function from prompt index to (endpoint, JSON body, token estimate, top logprobs asked), the ids
         and the indices of prompts whose content is sent changed.
 
@@ -317,7 +319,7 @@ class OpenAIEngine(Engine):
                    else [sum(len(m["content"]) for m in c) // 4 for c in payloads])  # ~4 characters a token
         dispatcher = self._dispatcher
 
-        def request(i: int) -> tuple[URL, bytes, int, int | None]:
+        def request(i: int) -> RequestParts:
             top = None if ids is not None else dispatcher.top_logprobs  # read at each post: it may step down
             return url, request_body(head, payloads[i], chat=chat, top_logprobs=top), lengths[i] + 1, top
 

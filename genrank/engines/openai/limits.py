@@ -33,7 +33,7 @@ class Limiter:
             self._waiters.append(waiter)
         try:
             await waiter
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled
             with self._lock:
                 try:
                     self._waiters.remove(waiter)

@@ -32,13 +32,14 @@ class Detector:
     """
 
     def __init__(self, kind: Literal["auto", "vllm", "other"], base_url: str, query: Mapping[str, str],
-                 secret: str | None, max_retries: int):
+                 secret: str | None, proxy: str | None, max_retries: int):
         self.kind: ServerKind | None = None if kind == "auto" else kind
-        self._base_url, self._query, self._secret, self._max_retries = base_url, query, secret, max_retries
+        self._base_url, self._query, self._secret, self._proxy = base_url, query, secret, proxy
+        self._max_retries = max_retries
         self._lock = threading.Lock()
         self._detecting: Future[ServerKind] | None = None
 
-    async def get(self, session: aiohttp.ClientSession, proxy: str | None) -> ServerKind:
+    async def get(self, session: aiohttp.ClientSession) -> ServerKind:
         """The kind, detected with ``session`` (the running loop's) if no call has yet."""
         while self.kind is None:
             with self._lock:
@@ -53,7 +54,7 @@ class Detector:
                 except _Abandoned:
                     continue  # its caller was cancelled: detect again
             try:
-                kind = await self._detect(session, proxy)
+                kind = await self._detect(session)
             except BaseException as e:
                 with self._lock:
                     self._detecting = None
@@ -64,18 +65,17 @@ class Detector:
             shared.set_result(kind)
         return self.kind
 
-    async def _detect(self, session: aiohttp.ClientSession, proxy: str | None) -> ServerKind:
+    async def _detect(self, session: aiohttp.ClientSession) -> ServerKind:
         retrying = AsyncRetrying(stop=stop_after_attempt(self._max_retries + 1), wait=retry_wait,
                                  retry=retry_if_exception_type(Transient), reraise=True)
         models_url = endpoint(self._base_url, "models", self._query)
         try:
             async for attempt in retrying:
                 with attempt:
-                    models = await self._get_json(session, models_url, proxy)
+                    models = await self._get_json(session, models_url)
                     if not owned_by_vllm(models):
                         return "other"
-                    version = await self._get_json(session, endpoint(self._base_url, "version", self._query, True),
-                                                   proxy)
+                    version = await self._get_json(session, endpoint(self._base_url, "version", self._query, True))
         except Transient as e:
             attempts = retrying.statistics.get("attempt_number", 1)
             raise connection_error(models_url, (
@@ -88,10 +88,10 @@ class Detector:
         log.info("vLLM %s predates logprob_token_ids (0.32); reading top_logprobs", version or "(unknown version)")
         return "other"
 
-    async def _get_json(self, session: aiohttp.ClientSession, url: URL, proxy: str | None) -> dict | None:
+    async def _get_json(self, session: aiohttp.ClientSession, url: URL) -> dict | None:
         """The JSON of a 200 answer, else None; Transient when no answer came (no connection, 429, 5xx)."""
         try:
-            async with session.get(url, proxy=proxy) as resp:
+            async with session.get(url, proxy=self._proxy) as resp:
                 raw, status = await resp.read(), resp.status
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise Transient(f"connection failed: {type(e).__name__}: {e}") from None
