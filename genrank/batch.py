@@ -9,8 +9,9 @@ flat; the next chunk's prompts are built while the engine scores the current one
 on disk (fsync'd) before the manifest beside the output (``OUTPUT.genrank.json``, see
 ``genrank.manifest``) counts it as done. Rerunning on the same output resumes after the rows done,
 if the settings that decide the scores (the engine kind and scoring method among them) and the
-input are the same (the engine's concurrency may change); anything else is refused before a file is touched. ``shard=(i, n)`` scores chunks
-i, i+n, i+2n, ... so that n machines split one input without overlap.
+input are the same (the engine's concurrency may change); anything else is refused before a file
+is touched. ``shard=(i, n)`` scores chunks i, i+n, i+2n, ... so that n machines split one input
+without overlap.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The manifest beside a batch output: the run that writes it, its input, and how much of it is done.
 
 ``OUTPUT.genrank.json`` records the settings that decide the scores (model, engine kind and its
-scoring method, template, max_length, normalize, instruction, long_documents) and which rows go where (fields, format, shard and, for a
-shard, chunk_size), a fingerprint of the input, and the extent of the output known to be on disk.
+scoring method, template, max_length, normalize, instruction, long_documents) and which rows go
+where (fields, format, shard and, for a shard, chunk_size), a fingerprint of the input, and the
+extent of the output known to be on disk.
 A rerun resumes only when its settings and input match, so one output never mixes scores of two
 runs; ``Manifest.save`` replaces the file atomically, so it always describes durable rows.
 """
