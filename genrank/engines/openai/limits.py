@@ -13,10 +13,10 @@ from .errors import MAX_WAIT
 class Limiter:
     """At most ``total`` holders at once, among tasks on any event loops and threads; first come, first served.
 
-    asyncio's ``Semaphore`` belongs to one event loop. This one keeps its count under a thread
-    lock and wakes a waiter on the waiter's own loop (``call_soon_threadsafe`` from another
-    thread), as anyio's ``CapacityLimiter`` does for the threads it lends its tokens to. A place
-    given to a waiter whose loop has closed goes to the next waiter.
+    asyncio's ``Semaphore`` (and anyio's ``CapacityLimiter``) belongs to one event loop. This one
+    keeps its count under a thread lock and wakes a waiter on the waiter's own loop
+    (``call_soon_threadsafe`` from another thread). A place given to a waiter whose loop has
+    closed goes to the next waiter.
     """
 
     def __init__(self, total: float):
