@@ -120,10 +120,9 @@ def neutralise_text(text: str, special_tokens: re.Pattern) -> str:
     model sees the string with one invisible character added. Overlapping strings are each split;
     a one-character special token cannot be split and becomes U+FFFD (the replacement character).
     """
-    # Every position where a special-token string starts, overlapping ones included, in one pass.
-    starts = re.compile(f"(?=(?:{special_tokens.pattern}))", special_tokens.flags)
+    # One pass over every position where a special-token string starts, overlapping ones included.
     pieces, done = [], 0
-    for m in starts.finditer(text):
+    while m := special_tokens.search(text, done):
         at = m.start()
         char = text[at]
         pieces += [text[done:at], "\ufffd" if special_tokens.fullmatch(char) else char + _WORD_JOINER]
