@@ -10,7 +10,9 @@ import threading
 import time
 from functools import partial
 
+import httpx
 import numpy as np
+import openai
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -81,11 +83,11 @@ class FailingEngine(Engine):
     """The tiny model, but documents containing "FAIL" get an engine error and call ``crash_on``
     (1-based) raises, as if the process died there."""
 
-    kind = "hf"
     prompt_format = "tokens"
 
     def __init__(self, engine, crash_on=None, error="server said no"):
         self.engine, self.crash_on, self.calls, self.error = engine, crash_on, 0, error
+        self.kind, self.scoring_method = engine.kind, engine.scoring_method  # the same scores as the engine's
 
     @property
     def tokenizer(self):
@@ -442,6 +444,7 @@ class RenamedEngine(Engine):
     kind = "hf"
     prompt_format = "tokens"
     model_name = "another/model"
+    scoring_method = "full_vocabulary"
 
     def __init__(self, engine):
         self.engine = engine
@@ -533,16 +536,13 @@ class StoppingEngine(Engine):
     from its ``fail_on``-th call raises the error that stops a run (as the OpenAI driver does once
     the first requests were all rejected alike)."""
 
-    kind = "hf"
     prompt_format = "tokens"
-
-    class SetupError(RuntimeError):
-        pass
+    SetupError = openai.BadRequestError  # what the OpenAI driver raises for a rejection every request gets
 
     def __init__(self, engine, fail_on, max_calls_in_flight=3):
         self.engine, self.fail_on, self.max_calls_in_flight = engine, fail_on, max_calls_in_flight
         self.calls, self.lock = 0, threading.Lock()
-        self.model_name = engine.model_name
+        self.model_name, self.kind, self.scoring_method = engine.model_name, engine.kind, engine.scoring_method
 
     @property
     def tokenizer(self):
@@ -552,8 +552,10 @@ class StoppingEngine(Engine):
         with self.lock:  # the tiny model itself takes one call at a time
             self.calls += 1
             if self.calls >= self.fail_on:
-                raise self.SetupError("HTTP 400 from http://127.0.0.1:9/v1/chat/completions: 'logprobs' is not "
-                                      "supported (the first 3 requests were all rejected so)")
+                url = "http://127.0.0.1:9/v1/chat/completions"
+                raise self.SetupError(f"HTTP 400 from {url}: 'logprobs' is not supported (the first 3 requests "
+                                      "were all rejected so)", body=None,
+                                      response=httpx.Response(400, request=httpx.Request("POST", url)))
             return self.engine.label_logprobs(prompts, labels)
 
 
@@ -600,6 +602,28 @@ def test_cli_stops_with_one_line_when_the_engine_stops_the_run(tmp_path, tiny_mo
     done = manifest_rows(tmp_path / "out.jsonl")
     assert main(args) == 0
     assert f"{12 - done} pairs scored, 0 failed, {done} already done" in capsys.readouterr().err
+
+
+class BuggyEngine(FailingEngine):
+    """The tiny model, until its second call raises as a bug would."""
+
+    def label_logprobs(self, prompts, labels):
+        if self.calls == 1:
+            raise IndexError("list index out of range")
+        return super().label_logprobs(prompts, labels)
+
+
+def test_cli_shows_an_unexpected_errors_traceback_and_keeps_the_rows(tmp_path, tiny_model_dir, hf_engine, monkeypatch,
+                                                                      capsys):
+    import genrank.cli.score
+
+    src = write_input(tmp_path / "in.jsonl", PAIRS[:6])
+    args = ["score", str(src), "-o", str(tmp_path / "out.jsonl"), "--chunk-size", "2", "-m", str(tiny_model_dir),
+            "-e", "hf", "-q"]
+    monkeypatch.setattr(genrank.cli.score, "reranker_from_args", lambda args: Reranker(engine=BuggyEngine(hf_engine)))
+    with pytest.raises(IndexError):  # not a one-line "error": a bug must not look like the user's mistake
+        main(args)
+    assert "unexpected error" in capsys.readouterr().err and manifest_rows(tmp_path / "out.jsonl") == 2
 
 
 @pytest.mark.parametrize("ext", [".jsonl", ".parquet"])
@@ -701,17 +725,20 @@ def test_score_help_gives_each_option_one_default_in_words(capsys):
     assert "start over: remove an earlier OUTPUT, its parts and its manifest (default: resume" in helps["--overwrite"]
 
 
-def test_a_run_started_in_process_resumes_through_a_vllm_server_of_the_same_model(tmp_path, hf_engine, expected,
-                                                                                   tiny_model_dir, vllm_url):
+def test_a_run_started_in_process_is_not_resumed_through_a_server_of_the_same_model(tmp_path, hf_engine,
+                                                                                     tiny_model_dir, vllm_url):
+    """Engines may score the same settings differently, so a resume keeps the engine and its scoring method."""
     src = write_input(tmp_path / "in.jsonl", PAIRS[:12])
     out = tmp_path / "out.jsonl"
     with pytest.raises(KeyboardInterrupt):
         score_file(src, out, Reranker(engine=FailingEngine(hf_engine, crash_on=3)), chunk_size=4)
-    remote = Reranker(str(tiny_model_dir), engine="openai", base_url=vllm_url, api_key="none", concurrency=4,
-                      tokenizer=str(tiny_model_dir))
-    summary = score_file(src, out, remote, chunk_size=2)  # another engine, several calls at once, other chunks
-    assert (summary.skipped, summary.pairs, summary.failed) == (8, 4, 0)
-    assert_matches(read_output(out), expected, [p["id"] for p in PAIRS[:12]])
+    before = snapshot(tmp_path)
+    with Reranker(str(tiny_model_dir), engine="openai", base_url=vllm_url, api_key="none", concurrency=4,
+                  tokenizer=str(tiny_model_dir)) as remote:
+        with pytest.raises(ValueError, match=r"--engine was 'hf', now 'openai'; the engine's scoring method was "
+                                             r"'full_vocabulary', now '"):
+            score_file(src, out, remote, chunk_size=2)
+    assert snapshot(tmp_path) == before
 
 
 def test_a_manifest_that_does_not_record_the_engine_is_not_resumed(tmp_path, reranker):

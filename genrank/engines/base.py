@@ -53,6 +53,9 @@ class Engine(ABC):
     native_async: ClassVar[bool] = False
     #: The model's name or path (None when unknown): what a resumed batch run checks it still scores with.
     model_name: str | None = None
+    #: How the label log-probabilities are read, where an engine has more than one way (e.g.
+    #: "logprob_token_ids", "top_logprobs=20", "pooling"); a property in engines that decide it late.
+    scoring_method: str = "default"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -68,11 +71,6 @@ class Engine(ABC):
     @abstractmethod
     def tokenizer(self) -> Any | None:
         """The model's tokenizer (None for a chat engine that has none)."""
-
-    @property
-    def scoring_method(self) -> str:
-        """How the label log-probabilities are read, where an engine has more than one way."""
-        return "default"
 
     @abstractmethod
     def label_logprobs(self, prompts: Prompts, labels: Labels) -> LabelLogprobs:

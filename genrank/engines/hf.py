@@ -36,6 +36,7 @@ class TransformersEngine(Engine):
 
     kind = "hf"
     prompt_format = "tokens"
+    scoring_method = "full_vocabulary"  # an exact float32 log-softmax over the whole vocabulary
 
     def __init__(self, model: str | PreTrainedModel, *, tokenizer: Any | None = None,
                  device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
@@ -83,11 +84,6 @@ class TransformersEngine(Engine):
     def model_name(self) -> str:
         """The model's name or path, as loaded."""
         return self.model.name_or_path
-
-    @property
-    def scoring_method(self) -> str:
-        """An exact float32 log-softmax over the whole vocabulary."""
-        return "full_vocabulary"
 
     def __repr__(self) -> str:
         return f"TransformersEngine(model={self.model.name_or_path!r}, device={str(self.device)!r}, dtype={self.model.dtype})"
