@@ -111,7 +111,8 @@ def main() -> None:
                 seconds[mode].append(time.perf_counter() - start)
                 cpu[mode].append(time.process_time() - start_cpu)
                 print(f"{doc_tokens} tokens, {mode} round {n}: {len(prompts) / seconds[mode][-1]:.1f} pairs/s, "
-                      f"{len(prompts) / cpu[mode][-1]:.1f} pairs/CPU-s (load {os.getloadavg()[0]:.1f})", file=sys.stderr)
+                      f"{len(prompts) / cpu[mode][-1]:.1f} pairs/CPU-s (load {os.getloadavg()[0]:.1f})",
+                      file=sys.stderr)
             difference = float(np.abs(values["shared"] - values["unshared"]).max())
             assert difference <= 1e-5, f"shared and unshared label log-probabilities differ by {difference}"
         pairs_per_s = {mode: round(len(prompts) / statistics.median(s), 2) for mode, s in seconds.items()}

@@ -139,7 +139,8 @@ def test_the_cli_turns_it_off_with_an_engine_option(tiny_model_dir, tmp_path, mo
     docs = tmp_path / "docs.txt"
     docs.write_text("\n".join(SEED_DOCUMENTS))
     for flag in ([], ["-E", "share_prefix=false"]):
-        assert main(["rank", SEED_QUERY, "--docs", str(docs), "-m", str(tiny_model_dir), "-e", "hf", "--json", *flag]) == 0
+        command = ["rank", SEED_QUERY, "--docs", str(docs), "-m", str(tiny_model_dir), "-e", "hf", "--json", *flag]
+        assert main(command) == 0
     assert [e.share_prefix for e in made] == [True, False]
 
 

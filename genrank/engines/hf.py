@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..prompts import Labels, Prompts
 from .base import LabelLogprobs
-from .prefix import SharedPrefixCache, Wave, plan_waves, prefix_groups
+from .prefix import PrefixGroup, SharedPrefixCache, Wave, plan_waves, prefix_groups
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,8 @@ class TransformersEngine:
     remote code) and models scored through their whole forward keep the unshared way.
     """
 
-    MIN_SHARED_PREFIX = 16  # tokens; below this, sharing saves less than the extra batches cost
-    MIN_SHARED_ROWS = 2
+    MIN_SHARED_PREFIX = 16  # tokens; shorter prefixes save too little to be worth a batch of their own
+    MIN_SHARED_ROWS = 2  # prompts of one query
 
     prompt_format = "tokens"
 
@@ -137,7 +137,7 @@ class TransformersEngine:
             start += len(batch)
         return done
 
-    def _shared(self, ids: list[list[int]], lengths: np.ndarray, groups: list,
+    def _shared(self, ids: list[list[int]], lengths: np.ndarray, groups: list[PrefixGroup],
                 label_ids: torch.Tensor) -> list[tuple[np.ndarray, torch.Tensor]]:
         """Prompts that share a prefix, one wave of prefixes at a time (see genrank/engines/prefix.py)."""
         done = []
@@ -195,10 +195,12 @@ class TransformersEngine:
             _right_padded(suffixes, lengths, self._pad_id), mask, prefix[:, None] + np.arange(lengths.max()),
             slots, lengths - 1))
         if len(prefix_kv[0][0]) == 1:  # one prefix: a view of it for every row
-            past = [(k[:, :, :width].expand(len(suffixes), -1, -1, -1), v[:, :, :width].expand(len(suffixes), -1, -1, -1))
+            rows = len(suffixes)
+            past = [(k[:, :, :width].expand(rows, -1, -1, -1), v[:, :, :width].expand(rows, -1, -1, -1))
                     for k, v in prefix_kv]
         else:
-            past = [(k[:, :, :width].index_select(0, slots), v[:, :, :width].index_select(0, slots)) for k, v in prefix_kv]
+            past = [(k[:, :, :width].index_select(0, slots), v[:, :, :width].index_select(0, slots))
+                    for k, v in prefix_kv]
         hidden = self._decoder(input_ids=batch, attention_mask=mask, position_ids=positions,
                                past_key_values=SharedPrefixCache(past), use_cache=True).last_hidden_state
         return self._head(hidden[torch.arange(len(suffixes), device=self.device), last], label_ids)
