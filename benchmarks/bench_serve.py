@@ -2,14 +2,16 @@
 
 Starts ``genrank serve`` (transformers engine; the tests' tiny model unless ``--model``) twice:
 with its default batching (pairs of concurrent requests scored in shared engine calls) and with
-``--max-batch-pairs 0`` (one request per engine call), alternately, ``--rounds`` times each (the
+``--max-batch-pairs 0`` (one request per engine call), or with ``--compare share-prefix``, with
+the driver's shared-prefix prefill (the default) and with ``-E share_prefix=false``, alternately, ``--rounds`` times each (the
 machine may be shared: the best round of each is the least disturbed). Each time ``--clients``
 concurrent clients (64) each send ``--requests`` Cohere v2 rerank requests of 10-50 documents
 (random, seeded), one after another over a keep-alive connection. Reports pairs/s, request
 latency p50/p99, the engine calls the server made (from its /metrics) and the machine's load
 average; every answer is checked to hold a score for each of its documents.
 
-Run:  python benchmarks/bench_serve.py [--clients 64] [--requests 2] [--rounds 2] [--model DIR] [--out results.json]
+Run:  python benchmarks/bench_serve.py [--clients 64] [--requests 2] [--rounds 2] [--model DIR]
+                                      [--compare batching|share-prefix] [--out results.json]
 """
 
 from __future__ import annotations
@@ -37,6 +39,11 @@ WORDS = """the novel author wrote published prize river city museum history scie
 music film game player team season record album band train station bridge tower garden king queen war peace ocean
 island mountain forest desert animal bird fish insect planet star moon sun energy water fire stone metal glass paper
 bread wine cheese coffee tea market bank school church""".split()
+
+MODES = {  # --compare: mode name -> extra server arguments
+    "batching": {"batched": [], "unbatched": ["--max-batch-pairs", "0"]},
+    "share-prefix": {"shared": [], "unshared": ["-E", "share_prefix=false"]},
+}
 
 
 def workload(clients: int, requests: int, low: int, high: int, seed: int = 0) -> list[list[dict]]:
@@ -137,6 +144,7 @@ def main() -> None:
     parser.add_argument("--min-docs", type=int, default=10)
     parser.add_argument("--max-docs", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=2, help="runs of each mode, alternating")
+    parser.add_argument("--compare", choices=sorted(MODES), default="batching", help="the two server setups to compare")
     parser.add_argument("--out", default=None, help="also write the JSON result here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -147,17 +155,19 @@ def main() -> None:
 
             model = str(build_tiny_model(Path(tmp) / "tiny"))
         work = workload(args.clients, args.requests, args.min_docs, args.max_docs)
-        runs: dict[str, list[dict]] = {"batched": [], "unbatched": []}
+        modes = MODES[args.compare]
+        runs: dict[str, list[dict]] = {mode: [] for mode in modes}
         for n in range(args.rounds):
-            for mode, extra in (("batched", []), ("unbatched", ["--max-batch-pairs", "0"])):
+            for mode, extra in modes.items():
                 runs[mode].append(measure(model, extra, work, Path(tmp) / f"{mode}-{n}.log"))
                 print(f"{mode} round {n}: {runs[mode][-1]['pairs_per_s']} pairs/s", file=sys.stderr)
     best = {mode: max(r, key=lambda x: x["pairs_per_s"]) for mode, r in runs.items()}
+    first, second = modes
     report({"benchmark": "genrank serve", "model": args.model or "tests/tiny_model.py", "engine": "hf",
             "clients": args.clients, "requests_per_client": args.requests,
             "documents_per_request": [args.min_docs, args.max_docs], "cpus": os.cpu_count(),
             "python": platform.python_version(), "best": best, "runs": runs,
-            "batched_over_unbatched": round(best["batched"]["pairs_per_s"] / best["unbatched"]["pairs_per_s"], 2)},
+            "{}_over_{}".format(*modes): round(best[first]["pairs_per_s"] / best[second]["pairs_per_s"], 2)},
            args.out)
 
 

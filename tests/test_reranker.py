@@ -276,7 +276,7 @@ def test_auto_engine_is_transformers_without_a_gpu(tiny_model_dir):
 def test_out_of_memory_halves_the_batch_and_keeps_results(tiny_model_dir, rr, monkeypatch):
     from genrank.engines.hf import TransformersEngine
 
-    engine = TransformersEngine(str(tiny_model_dir), device="cpu", max_batch_size=8)
+    engine = TransformersEngine(str(tiny_model_dir), device="cpu", max_batch_size=8, share_prefix=False)
     real, sizes = engine._forward, []
 
     def forward(rows, lengths, label_ids):  # a device that only fits 2 rows at a time
