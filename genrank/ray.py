@@ -96,7 +96,7 @@ def score_dataset(ds: ray.data.Dataset, make_reranker: Callable[[], Reranker], *
     rows per call.
     """
     fields = Fields(query_field, document_field, id_field, documents_field)
-    _check_fields(ds.schema().names, fields)
+    io.check_columns("the dataset", ds.schema().names, fields, need_id=True)
     return _scored(ds, make_reranker, fields, batch_size, concurrency, _resources(num_gpus, num_cpus))
 
 
@@ -145,7 +145,7 @@ def score_files_ray(input_path: str | os.PathLike, output_path: str | os.PathLik
         _check_resumable(output_path, found)
     fingerprint = _fingerprint(in_fs, files, fmt, input_path)
     ds = _read(input_path, files, fmt)
-    _check_fields(ds.schema().names, fields)
+    io.check_columns(repr(input_path), ds.schema().names, fields, need_id=True)
     rows = _check_ids(ds, id_field, input_path)
     run = _probe(make_reranker, input_path, fmt, fields, fingerprint, _resources(num_gpus, num_cpus))
     if found["manifest"] and not overwrite:
@@ -159,7 +159,8 @@ def score_files_ray(input_path: str | os.PathLike, output_path: str | os.PathLik
         for what, path in (("manifest", manifest_file), ("checkpoint", ckpt), ("output", out)):
             if found[what]:
                 out_fs.delete_file(path) if what == "manifest" else out_fs.delete_dir(path)
-    _write_bytes(out_fs, manifest_file, run.to_json())
+    if overwrite or not found["manifest"]:
+        _write_bytes(out_fs, manifest_file, run.to_json())
     before = set(_output_files(out_fs, out))
     if CheckpointConfig is None or _committed_rows(out_fs, ckpt) < rows:  # else all done: nothing to write
         if CheckpointConfig is not None:
@@ -186,10 +187,6 @@ def score_files_ray(input_path: str | os.PathLike, output_path: str | os.PathLik
 
 
 # -- checks ---------------------------------------------------------------------------------
-
-
-def _check_fields(names: list[str], fields: Fields) -> None:
-    io.check_columns("the dataset", names, fields, need_id=True)
 
 
 def _check_resumable(output_path: str, found: dict[str, bool]) -> None:
