@@ -57,6 +57,7 @@ RAY_FORMATS = ("jsonl", "parquet")
 CHECKPOINT_SUFFIX = ".ckpt"
 RESUME_NEEDS = "Ray 2.60 or later (ray.data.checkpoint with two-phase commit)"
 _OUTPUT_NAMES = ("score", "label_mass", "error")
+NODE_LOST_ERRORS = ["ActorDiedError", "ActorUnavailableError", "NodeDiedError", "ObjectLostError", "OwnerDiedError"]
 
 
 class RayJobError(RuntimeError):
@@ -143,11 +144,16 @@ def score_files_ray(input_path: str | os.PathLike, output_path: str | os.PathLik
     # Checks: reads only, so a refusal leaves every file as it was.
     if any(found.values()) and not overwrite:
         _check_resumable(output_path, found)
+    io.check_columns(repr(input_path), _columns(in_fs, files[0].path, fmt), fields, need_id=True)
     fingerprint = _fingerprint(in_fs, files, fmt, input_path)
+    probe = _probe(make_reranker, input_path, fmt, fields, fingerprint, _resources(num_gpus, num_cpus))
     ds = _read(input_path, files, fmt)
-    io.check_columns(repr(input_path), ds.schema().names, fields, need_id=True)
-    rows = _check_ids(ds, id_field, input_path)
-    run = _probe(make_reranker, input_path, fmt, fields, fingerprint, _resources(num_gpus, num_cpus))
+    try:
+        rows = _check_ids(ds, id_field, input_path)
+    except BaseException:
+        ray.cancel(probe)
+        raise
+    run = _started(probe)
     if found["manifest"] and not overwrite:
         earlier = Manifest.from_json(_read_bytes(out_fs, manifest_file), manifest_file)
         changes = earlier.differences(run)
@@ -166,6 +172,9 @@ def score_files_ray(input_path: str | os.PathLike, output_path: str | os.PathLik
         if CheckpointConfig is not None:
             ds.context.checkpoint_config = CheckpointConfig(id_field, _uri(output_path) + CHECKPOINT_SUFFIX,
                                                             delete_checkpoint_on_success=False)
+        # A task that was waiting on an actor or object of a lost node runs again (Ray retries the
+        # lost node's own tasks and actors by itself); errors of the engine are not retried.
+        ds.context.retried_map_errors, ds.context.max_map_retries = NODE_LOST_ERRORS, 3
         scored = _scored(ds.repartition(target_num_rows_per_block=chunk_size), make_reranker, fields, chunk_size,
                          concurrency, _resources(num_gpus, num_cpus))
         try:
@@ -230,17 +239,19 @@ def _repeated_ids(batch: pa.Table, column: str) -> pa.Table:
 
 
 def _probe(make_reranker: Callable[[], Reranker], input_path: str, fmt: str, fields: Fields,
-           fingerprint: dict[str, Any], resources: dict[str, Any]) -> Manifest:
-    """The manifest of this run, from a Reranker built on the cluster as the actors build theirs.
-
-    It also checks that the engine starts before anything is written: EngineStartError if not.
-    """
+           fingerprint: dict[str, Any], resources: dict[str, Any]) -> ray.ObjectRef:
+    """The manifest of this run, from a Reranker built on the cluster as the actors build theirs
+    (``_started`` waits for it). It also checks that the engine starts before anything is written."""
     @ray.remote(max_retries=0)
     def manifest() -> Manifest:
         return Manifest.for_run(make_reranker(), input_path, fmt, fields, 0, (0, 1), input_fingerprint=fingerprint)
 
+    return manifest.options(**resources).remote()
+
+
+def _started(probe: ray.ObjectRef) -> Manifest:
     try:
-        return ray.get(manifest.options(**resources).remote())
+        return ray.get(probe)
     except ray.exceptions.RayTaskError as e:
         raise EngineStartError(f"the engine could not start on the cluster: {_cause(e)}") from None
 
@@ -331,6 +342,19 @@ def _fingerprint(fs: pafs.FileSystem, files: list[pafs.FileInfo], fmt: str, inpu
                 rows += pq.ParquetFile(f).metadata.num_rows
     return {"path": _uri(input_path), "size": sum(f.size for f in files), "head_sha256": head.hexdigest(),
             "tail_sha256": hashlib.sha256(last).hexdigest(), "rows": rows}
+
+
+def _columns(fs: pafs.FileSystem, path: str, fmt: str) -> list[str]:
+    """The column names of an input file: the Parquet schema, or the fields of the first JSON lines."""
+    with fs.open_input_file(path) as f:
+        if fmt == "parquet":
+            return pq.read_schema(f).names
+        head = f.read(SAMPLE_BYTES)
+    head = head[:head.rfind(b"\n") + 1] or head
+    try:
+        return pajson.read_json(pa.BufferReader(head)).column_names
+    except pa.ArrowInvalid as e:
+        raise ValueError(f"{path!r} does not start with JSON lines Arrow can read: {e}") from None
 
 
 def _read(input_path: str, files: list[pafs.FileInfo], fmt: str) -> ray.data.Dataset:
