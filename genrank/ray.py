@@ -79,10 +79,9 @@ class _Scorer:
         list_mode = self.fields.documents is not None
         rows = [io.parse_row(record, None, f"id {record.get(self.fields.id)!r}", self.fields)
                 for record in batch.to_pylist()]
-        id_type = batch.schema.field(self.fields.id).type
-        schema = io.output_schema(id_type, list_mode).set(0, pa.field(self.fields.id, id_type))
-        records = [dict(zip(schema.names, r.values())) for r in score_rows(self.reranker, rows, list_mode)]
-        return pa.Table.from_pylist(records, schema=schema)
+        schema = io.output_schema(batch.schema.field(self.fields.id).type, list_mode)
+        scored = pa.Table.from_pylist(score_rows(self.reranker, rows, list_mode), schema=schema)
+        return scored.rename_columns([self.fields.id, *schema.names[1:]])  # the id keeps its column name
 
 
 def score_dataset(ds: ray.data.Dataset, make_reranker: Callable[[], Reranker], *, query_field: str = "query",
