@@ -90,9 +90,9 @@ def add_command(sub: Any) -> None:
                    help="output file, in the input's format (Parquet: built in OUTPUT.parts/, merged at the end), "
                         "with its manifest OUTPUT.genrank.json beside it")
     p.add_argument("--overwrite", action="store_true",
-                   help="start over: remove an earlier OUTPUT, its parts (--ray: its checkpoint OUTPUT.ckpt/) and its "
-                        "manifest (default: resume OUTPUT if it was written with the same settings from the same "
-                        "input, else stop)")
+                   help="start over: remove an earlier OUTPUT, its parts and its manifest (default: resume OUTPUT "
+                        "if it was written with the same settings from the same input, else stop); with --ray, its "
+                        "checkpoint OUTPUT.ckpt/ too")
     p.add_argument("--format", choices=sorted(set(io.FORMATS.values())), default=None,
                    help="file format (default: from the input's extension)")
     p.add_argument("--query-field", default="query", help="field holding the query")
