@@ -55,8 +55,11 @@ class Manifest:
 
     @classmethod
     def for_run(cls, reranker: Reranker, input_path: str | os.PathLike, format: str, fields: Fields,
-                chunk_size: int, shard: tuple[int, int]) -> Manifest:
-        """The manifest a run of ``score_file`` with these arguments writes, before any row is done."""
+                chunk_size: int, shard: tuple[int, int], input_fingerprint: dict[str, Any] | None = None) -> Manifest:
+        """The manifest a run of ``score_file`` with these arguments writes, before any row is done.
+
+        ``input_fingerprint`` replaces ``fingerprint(input_path, format)`` (an input that is not one local file).
+        """
         template = reranker.template
         content = json.dumps(dataclasses.asdict(template), sort_keys=True).encode()
         settings = {
@@ -79,19 +82,25 @@ class Manifest:
             # Unsharded, any chunk size resumes the same rows; a shard's rows depend on it.
             "chunk_size": chunk_size if shard[1] > 1 else None,
         }
-        return cls(settings, fingerprint(input_path, format))
+        return cls(settings, input_fingerprint or fingerprint(input_path, format))
 
     @classmethod
     def load(cls, output_path: str | os.PathLike) -> Manifest | None:
         """The manifest of ``output_path``, None if it has none; a ValueError if it cannot be read."""
         path = manifest_path(output_path)
         try:
-            data = json.loads(path.read_bytes())
+            return cls.from_json(path.read_bytes(), str(path))
+        except FileNotFoundError:
+            return None
+
+    @classmethod
+    def from_json(cls, content: bytes, path: str) -> Manifest:
+        """The manifest in ``content`` (read from ``path``); a ValueError if it cannot be read."""
+        try:
+            data = json.loads(content)
             if data["version"] != VERSION:
                 raise InputError(f"version {data['version']!r}, this genrank reads version {VERSION}")
             return cls(data["settings"], data["input"], Progress(**data["progress"]))
-        except FileNotFoundError:
-            return None
         except (ValueError, KeyError, TypeError) as e:
             raise ResumeError(f"the manifest {str(path)!r} cannot be read ({type(e).__name__}: {e}); start over "
                              "with --overwrite or choose another output") from None
@@ -100,14 +109,18 @@ class Manifest:
         """Write the manifest of ``output_path`` atomically and durably (tmp, fsync, rename)."""
         path = manifest_path(output_path)
         tmp = path.with_name(path.name + ".tmp")
-        data = {"version": VERSION, "settings": self.settings, "input": self.input,
-                "progress": dataclasses.asdict(self.progress)}
         with open(tmp, "wb") as f:
-            f.write(json.dumps(data, indent=1, ensure_ascii=False).encode("utf-8", "backslashreplace"))
+            f.write(self.to_json())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
         io.fsync_dir(path.parent)
+
+    def to_json(self) -> bytes:
+        """The manifest file's content."""
+        data = {"version": VERSION, "settings": self.settings, "input": self.input,
+                "progress": dataclasses.asdict(self.progress)}
+        return json.dumps(data, indent=1, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
     def with_progress(self, progress: Progress) -> Manifest:
         return dataclasses.replace(self, progress=progress)

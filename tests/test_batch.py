@@ -702,12 +702,12 @@ def test_parquet_killed_before_recording_the_merge_is_complete_on_rerun(tmp_path
 
 
 def test_cli_ray_refuses_an_existing_output_folder(tmp_path, capsys):
-    """Ray Data appends to a folder: a second run would hold every row twice."""
+    """Ray Data appends to a folder: a folder it cannot resume (no checkpoint, no manifest) is refused."""
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "1_000000_000000.parquet").write_bytes(b"earlier run")
     src = write_input(tmp_path / "in.parquet", PAIRS[:2])
     assert main(["score", str(src), "-o", str(tmp_path / "out"), "--ray", "-m", str(tmp_path / "no-model")]) == 2
-    assert "exists; Ray scoring writes a new folder and does not resume or overwrite" in capsys.readouterr().err
+    assert "has no manifest (out.genrank.json), so its settings and input cannot be checked" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["1_000000_000000.parquet"]
 
 

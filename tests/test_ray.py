@@ -1,61 +1,105 @@
-"""Ray Data path on a local CPU cluster: same scores as the single-process run (several seconds: actors load the model)."""
+"""Ray Data path on a local CPU Ray: the single-process scores, resume exactly once, refusals.
+
+Several seconds each: every run starts actors, and a resume first loads the checkpoint.
+"""
 
 import functools
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import SEED_DOCUMENTS, SEED_QUERY
+from standin_engine import scored_pairs, standin_reranker
 
 from genrank import Reranker
 from genrank.batch import score_file
 from genrank.cli import main
 
 ray = pytest.importorskip("ray")
-from genrank.ray import score_files_ray
+from genrank.ray import EngineStartError, RayJobError, score_files_ray  # noqa: E402
 
 QUERIES = [SEED_QUERY, "Who wrote Moby-Dick?", "Which novels did Jane Austen write?"]
+TESTS = str(Path(__file__).parent)
+ROWS = 2000
 
 
 @pytest.fixture(scope="module")
 def local_ray():
-    # Ray 2.60 on 2 cores: a pipeline stalls at num_cpus=2; 4 logical CPUs and half a CPU per actor run
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # Workers import the stand-in engine from tests/. Ray 2.60 on 2 cores: a pipeline stalls at
+    # num_cpus=2; 4 logical CPUs and half a CPU per actor run.
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, object_store_memory=200 << 20)
     try:
-        yield
+        yield ray.get_runtime_context().gcs_address
     finally:
         ray.shutdown()
 
 
-def read_folder(path):
-    """Rows of a Ray output folder (JSONL or Parquet files), by id."""
-    if any(path.glob("*.parquet")):
-        rows = pq.read_table(path).to_pylist()
+def read_folder(path, id_field="id"):
+    """Rows of a Ray output folder (JSONL or Parquet files) by id; an id written twice fails."""
+    rows = []
+    for f in sorted(Path(path).iterdir()):
+        if f.suffix == ".parquet":
+            rows += pq.read_table(f).to_pylist()
+        else:
+            rows += [json.loads(line) for line in f.read_text().splitlines()]
+    by_id = {r[id_field]: r for r in rows}
+    assert len(by_id) == len(rows), "an id was written twice"
+    return by_id
+
+
+def write_pairs(path, rows):
+    if path.suffix == ".parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path)
     else:
-        rows = [json.loads(line) for f in sorted(path.glob("*.json*")) for line in f.read_text().splitlines()]
-    return {r["id"]: r for r in rows}
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def big_input(path, id_field="pid"):
+    return write_pairs(path, [{id_field: f"p{n}", "query": f"q{n % 7}", "document": f"document {n}"}
+                              for n in range(ROWS)])
+
+
+def committed(output):
+    """Ids Ray's checkpoint has committed (pending ones do not count)."""
+    ckpt = Path(f"{output}.ckpt")
+    files = [f for f in ckpt.glob("*.parquet") if not f.name.endswith(".pending.parquet")] if ckpt.exists() else []
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def snapshot(folder):
+    """Every file under ``folder`` with its bytes and mtime."""
+    return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in Path(folder).rglob("*") if p.is_file()}
 
 
 def test_ray_gives_the_single_process_scores(local_ray, tmp_path, tiny_model_dir, hf_engine, capsys):
     pairs = [{"id": f"p{n}", "query": q, "document": d}
              for n, (q, d) in enumerate((q, d) for q in QUERIES for d in SEED_DOCUMENTS)]
     pairs.append({"id": "bad", "query": "q", "document": None})
-    src = tmp_path / "in.jsonl"
-    src.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    src = write_pairs(tmp_path / "in.jsonl", pairs)
     score_file(src, tmp_path / "single.jsonl", Reranker(engine=hf_engine), chunk_size=8)
     single = {r["id"]: r for r in map(json.loads, (tmp_path / "single.jsonl").read_text().splitlines())}
 
     make = functools.partial(Reranker, str(tiny_model_dir), engine="hf", device="cpu")
-    summary = score_files_ray(src, tmp_path / "out", make, batch_size=8, concurrency=2, num_cpus=0.5)
-    assert (summary.pairs, summary.failed) == (19, 1)
+    summary = score_files_ray(src, tmp_path / "out", make, chunk_size=8, concurrency=2, num_cpus=0.5)
+    assert (summary.pairs, summary.failed, summary.skipped) == (19, 1, 0)
     got = read_folder(tmp_path / "out")
     assert set(got) == set(single)
     for key, row in single.items():
-        if key != "bad":
-            assert got[key]["score"] == pytest.approx(row["score"], abs=1e-5) and got[key]["error"] is None
-    assert got["bad"]["score"] is None
-    assert got["bad"]["error"] == "id 'bad': field 'document' is null"  # Ray knows no line numbers
+        if key != "bad":  # the same JSON lines as genrank.batch writes: no error key where there is none
+            assert set(got[key]) == {"id", "score", "label_mass"}
+            assert got[key]["score"] == pytest.approx(row["score"], abs=1e-5)
+    assert got["bad"] == {"id": "bad", "score": None, "label_mass": None,
+                          "error": "id 'bad': field 'document' is null"}  # Ray knows no line numbers
 
     # one query per row with a list of documents, Parquet in and out, from the command line
     src = tmp_path / "lists.parquet"
@@ -66,10 +110,129 @@ def test_ray_gives_the_single_process_scores(local_ray, tmp_path, tiny_model_dir
     got = read_folder(tmp_path / "lists")
     flat = [s for n in range(3) for s in got[n]["score"]]
     assert flat == pytest.approx([single[f"p{n}"]["score"] for n in range(18)], abs=1e-5)
+    assert main(["score", str(src), "-o", str(tmp_path / "lists"), "--ray", "--documents-field", "docs",
+                 "--num-cpus", "0.5", "-m", str(tiny_model_dir), "-e", "hf"]) == 0
+    assert "0 pairs scored, 0 failed, 18 already done" in capsys.readouterr().err
 
 
-def test_ray_needs_an_id_column(local_ray, tmp_path, tiny_model_dir):
-    src = tmp_path / "in.jsonl"
-    src.write_text(json.dumps({"query": "q", "document": "d"}) + "\n")
+@pytest.mark.parametrize("ext", [".jsonl", ".parquet"])
+def test_a_failed_job_resumes_exactly_once_and_scores_only_what_is_missing(local_ray, tmp_path, ext):
+    src = big_input(tmp_path / f"in{ext}")
+    out, log = tmp_path / "out", str(tmp_path / "scored.log")
+    run = functools.partial(score_files_ray, src, out, id_field="pid", chunk_size=100, num_cpus=0.5)
+    with pytest.raises(RayJobError, match=r"^the Ray job stopped: RuntimeError: stand-in engine stopped on call 6;"):
+        run(functools.partial(standin_reranker, fail_on_call=6, log=log))
+    done, first = committed(out), scored_pairs(log)
+    assert done < ROWS
+
+    summary = run(functools.partial(standin_reranker, log=log))
+    got = read_folder(out, "pid")
+    assert sorted(got) == sorted(f"p{n}" for n in range(ROWS))  # every id exactly once
+    assert (summary.pairs, summary.skipped, summary.failed) == (ROWS - done, done, 0)
+    assert scored_pairs(log) - first == ROWS - done  # the rerun scored only what was missing
+    assert got["p5"]["score"] == pytest.approx(standin_reranker().score([("q5", "document 5")])[0])
+
+    # a finished job: a rerun scores nothing and writes nothing
+    before = snapshot(out)
+    summary = run(functools.partial(standin_reranker, log=log))
+    assert (summary.pairs, summary.skipped) == (0, ROWS)
+    assert scored_pairs(log) - first == ROWS - done
+    assert snapshot(out) == before
+
+
+def test_a_killed_driver_resumes_exactly_once(local_ray, tmp_path):
+    """The driver SIGKILLed mid-run on a running cluster; a new driver's rerun finishes the job."""
+    src = big_input(tmp_path / "in.parquet")
+    out, log = tmp_path / "out", str(tmp_path / "scored.log")
+    script = (f"import functools, ray; from standin_engine import standin_reranker; from genrank.ray import "
+              f"score_files_ray; ray.init(address={local_ray!r}, log_to_driver=False); score_files_ray("
+              f"{str(src)!r}, {str(out)!r}, functools.partial(standin_reranker, seconds_per_pair=0.01, log={log!r}), "
+              "id_field='pid', chunk_size=100, num_cpus=0.5)")
+    driver = subprocess.Popen([sys.executable, "-c", script], cwd=TESTS, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while committed(out) < 300 and driver.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert driver.poll() is None, "the driver finished before it could be killed"
+        driver.send_signal(signal.SIGKILL)
+    finally:
+        driver.kill()
+        driver.wait()
+    done = committed(out)
+    assert 300 <= done < ROWS
+
+    summary = score_files_ray(src, out, functools.partial(standin_reranker, log=log), id_field="pid",
+                              chunk_size=100, num_cpus=0.5)
+    assert sorted(read_folder(out, "pid")) == sorted(f"p{n}" for n in range(ROWS))
+    assert summary.pairs + summary.skipped == ROWS and summary.skipped >= done
+
+
+@pytest.fixture
+def finished(local_ray, tmp_path):
+    """A finished small job: (input, output, the folder holding both)."""
+    src = write_pairs(tmp_path / "in.jsonl", [{"id": n, "query": "q", "document": f"d{n}"} for n in range(20)])
+    out = tmp_path / "out"
+    score_files_ray(src, out, standin_reranker, chunk_size=8, num_cpus=0.5)
+    return src, out, tmp_path
+
+
+@pytest.mark.parametrize("change, message", [
+    (functools.partial(standin_reranker, model_name="other"), "--model was 'standin', now 'other'"),
+    (functools.partial(standin_reranker, template="lb-reranker-v1-instruct"),
+     "--template was 'lb-reranker-v1', now 'lb-reranker-v1-instruct'"),
+])
+def test_a_resume_with_other_settings_is_refused_and_changes_nothing(finished, change, message):
+    src, out, folder = finished
+    before = snapshot(folder)
+    with pytest.raises(ValueError, match="cannot be resumed by this run: " + message):
+        score_files_ray(src, out, change, chunk_size=8, num_cpus=0.5)
+    assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("remove, message", [(".ckpt", "has no checkpoint"), (".genrank.json", "has no manifest")])
+def test_an_output_without_checkpoint_or_manifest_is_refused_and_changes_nothing(finished, remove, message):
+    src, out, folder = finished
+    gone = Path(f"{out}{remove}")
+    shutil.rmtree(gone) if gone.is_dir() else gone.unlink()
+    before = snapshot(folder)
+    with pytest.raises(ValueError, match=message):
+        score_files_ray(src, out, standin_reranker, chunk_size=8, num_cpus=0.5)
+    assert snapshot(folder) == before
+
+    summary = score_files_ray(src, out, standin_reranker, chunk_size=8, num_cpus=0.5, overwrite=True)
+    assert (summary.pairs, summary.skipped) == (20, 0)
+    assert sorted(read_folder(out)) == list(range(20))
+    assert Path(f"{out}.ckpt").is_dir() and Path(f"{out}.genrank.json").is_file()
+
+
+def test_repeated_or_missing_ids_are_refused_before_anything_is_written(local_ray, tmp_path):
+    src = write_pairs(tmp_path / "in.parquet", [{"id": n % 5, "query": "q", "document": "d"} for n in range(8)])
+    with pytest.raises(ValueError, match=r"ids repeat in field 'id' \(e\.g\. 0, 1, 2\)"):
+        score_files_ray(src, tmp_path / "out", standin_reranker)
+    src = write_pairs(tmp_path / "in.jsonl", [{"id": 1, "query": "q", "document": "d"}, {"query": "q", "document": "d"}])
+    with pytest.raises(ValueError, match="1 rows have a null 'id'"):
+        score_files_ray(src, tmp_path / "out", standin_reranker)
     with pytest.raises(ValueError, match="no column 'id'"):
-        score_files_ray(src, tmp_path / "out", functools.partial(Reranker, str(tiny_model_dir), engine="hf"))
+        score_files_ray(write_pairs(tmp_path / "no-id.jsonl", [{"query": "q", "document": "d"}]), tmp_path / "out",
+                        standin_reranker)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "in.parquet", "no-id.jsonl"]
+
+
+def test_an_engine_that_cannot_start_fails_the_job_in_one_line(local_ray, tmp_path, capsys):
+    src = write_pairs(tmp_path / "in.jsonl", [{"id": 1, "query": "q", "document": "d"}])
+    with pytest.raises(EngineStartError) as failed:
+        score_files_ray(src, tmp_path / "out", functools.partial(standin_reranker, fail_to_start=True))
+    assert str(failed.value) == ("the engine could not start on the cluster: "
+                                 "RuntimeError: no GPU left for the stand-in engine")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def test_unscorable_pairs_are_error_rows(local_ray, tmp_path):
+    rows = [{"pid": f"r{n}", "query": "q", "document": "UNSCORABLE" if n == 3 else f"d{n}"} for n in range(10)]
+    src = write_pairs(tmp_path / "in.parquet", rows)
+    summary = score_files_ray(src, tmp_path / "out", standin_reranker, id_field="pid", num_cpus=0.5)
+    assert (summary.pairs, summary.failed) == (10, 1)
+    got = read_folder(tmp_path / "out", "pid")
+    assert got["r3"]["score"] is None and got["r3"]["error"] == "stand-in cannot score this"
+    assert got["r4"]["error"] is None and got["r4"]["score"] is not None

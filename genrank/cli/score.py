@@ -33,14 +33,9 @@ def cmd_score(args: argparse.Namespace) -> int:
               "documents_field": args.documents_field}
     if args.ray:
         require("ray", "ray", "pyarrow")
-        from .. import ray as genrank_ray
-
         if args.shard is not None:
             raise CliError("--shard splits work between machines by hand; --ray does that itself")
-        make_reranker = functools.partial(reranker_from_args, args)
-        summary = genrank_ray.score_files_ray(
-            args.input, args.output, make_reranker, format=args.format, num_gpus=args.num_gpus,
-            concurrency=args.concurrency, num_cpus=args.num_cpus, batch_size=args.chunk_size, **fields)
+        summary = _score_on_ray(args, fields)
     else:
         fmt = io.detect_format(args.input, args.format)
         if io.FORMATS.get(os.path.splitext(args.output)[1].lower(), fmt) != fmt:
@@ -65,6 +60,26 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _score_on_ray(args: argparse.Namespace, fields: dict[str, Any]) -> Any:
+    import ray
+
+    from .. import ray as genrank_ray
+
+    if not ray.is_initialized():
+        ray.init(address=args.address, log_to_driver=not args.quiet)
+    make_reranker = functools.partial(reranker_from_args, args)
+    try:
+        return genrank_ray.score_files_ray(
+            args.input, args.output, make_reranker, format=args.format, overwrite=args.overwrite,
+            chunk_size=args.chunk_size, num_gpus=args.num_gpus, concurrency=args.concurrency,
+            num_cpus=args.num_cpus, **fields)
+    except genrank_ray.RayJobError as e:
+        raise CliError(str(e)) from e
+    except KeyboardInterrupt:
+        print(f"genrank: interrupted; {_kept(args.output)}", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
 def _kept(output: str) -> str:
     return f"the rows scored so far are kept in {output!r}: rerun the same command to resume"
 
@@ -82,8 +97,8 @@ def add_command(sub: Any) -> None:
                         "with its manifest OUTPUT.genrank.json beside it")
     p.add_argument("--overwrite", action="store_true",
                    help="start over: remove an earlier OUTPUT, its parts and its manifest (default: resume OUTPUT "
-                        "if it was written with the same settings from the same input, else stop; --ray: OUTPUT must "
-                        "not exist)")
+                        "if it was written with the same settings from the same input, else stop); with --ray, its "
+                        "checkpoint OUTPUT.ckpt/ too")
     p.add_argument("--format", choices=sorted(set(io.FORMATS.values())), default=None,
                    help="file format (default: from the input's extension)")
     p.add_argument("--query-field", default="query", help="field holding the query")
@@ -91,15 +106,21 @@ def add_command(sub: Any) -> None:
     p.add_argument("--id-field", default="id", help="field holding the row id (rows without one get their row number)")
     p.add_argument("--documents-field", default=None,
                    help="field holding a list of documents, for one query per row (default: none, one pair per row)")
-    p.add_argument("--chunk-size", type=int, default=1024, help="input rows read, scored and written at a time")
+    p.add_argument("--chunk-size", type=int, default=1024,
+                   help="input rows read, scored and written at a time (--ray: rows per block, each write commits "
+                        "about one block; a killed run redoes at most about one block per actor)")
     p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
                    help="score only chunks I, I+N, I+2N, ... (0 <= I < N), to split one input over N machines "
                         "(default: every chunk)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     g = p.add_argument_group("Ray Data (pip install 'genrank[ray]')")
     g.add_argument("--ray", action="store_true",
-                   help="run on Ray Data (the cluster at RAY_ADDRESS, else a local one): one engine per actor, "
-                        "jsonl or parquet only, OUTPUT is a folder, rows not in input order")
+                   help="run on Ray Data: one engine per actor, jsonl or parquet only (a file or a folder), OUTPUT "
+                        "is a folder (rows not in input order, ids required and unique), resumed through Ray Data's "
+                        "checkpoint OUTPUT.ckpt/; on a cluster, paths on shared storage (s3://, NFS)")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster to run on, e.g. ray://head:10001 or auto (default: RAY_ADDRESS, else a new "
+                        "local Ray)")
     g.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per engine actor")
     g.add_argument("--concurrency", type=int, default=1, help="number of engine actors")
     g.add_argument("--num-cpus", type=float, default=None, help="CPUs per engine actor (default: Ray's, 1)")
