@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import io
 from .io import Fields, Progress
+from .templates import template_sha256
 
 if TYPE_CHECKING:
     from .reranker import Reranker
@@ -54,10 +55,9 @@ class Manifest:
                 chunk_size: int, shard: tuple[int, int]) -> Manifest:
         """The manifest a run of ``score_file`` with these arguments writes, before any row is done."""
         template = reranker.template
-        content = json.dumps(dataclasses.asdict(template), sort_keys=True).encode()
         settings = {
             "model": _model_name(reranker.engine),
-            "template": {"name": template.name, "sha256": hashlib.sha256(content).hexdigest()},
+            "template": {"name": template.name, "sha256": template_sha256(template)},
             "max_length": reranker.builder.max_length,
             "normalize": reranker.normalize,
             "instruction": reranker.instruction,

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
+from .calibration import Calibration, load_calibration
 from .engines import Engine, LabelLogprobs, make_engine
 from .prompts import LONG_DOCUMENTS, LongDocuments, PromptBuilder, Prompts
 from .scorer import expected_scores, unit_interval
@@ -40,6 +41,7 @@ class ScoredPairs:
 
     ``score`` is the expected label value (1-7 for lb-reranker); ``relevance`` is the same on
     [0, 1], ``(score - lowest label value) / (highest - lowest)``, the scale rerank services report.
+    ``probability`` is P(relevant) from the Reranker's calibration (None without one).
     """
 
     score: np.ndarray  # (N,) float64
@@ -50,6 +52,7 @@ class ScoredPairs:
     relevance: np.ndarray | None = None  # (N,) float64 on [0, 1]
     altered: np.ndarray | None = None  # (N,) bool: special-token text in the content was neutralised
     windows: np.ndarray | None = None  # (N,) int: prompts per pair (long_documents="chunks")
+    probability: np.ndarray | None = None  # (N,) float64: calibrated P(relevant), with a calibration
 
     def __len__(self) -> int:
         return len(self.score)
@@ -100,7 +103,9 @@ class Reranker:
     the engine's constructor. ``normalize=False`` uses the lb-reranker card's formula (label
     probabilities not renormalised) to reproduce published numbers. ``long_documents`` is what
     happens to a document too long for ``max_length``: ``"truncate"`` cuts it, ``"chunks"`` scores
-    each window of it and keeps the best window's score.
+    each window of it and keeps the best window's score. ``calibration`` (a ``CALIB.json`` from
+    ``genrank calibrate``) adds P(relevant) to every result; one fitted for another recipe or other
+    score settings is refused, and one fitted for another model unless ``allow_other_model``.
 
     Every method has an async twin (``arank``, ``arerank``, ``ascore``, ``ascore_details``): a
     remote engine runs on the caller's event loop, an in-process one on a worker thread, one call
@@ -111,8 +116,10 @@ class Reranker:
                  template: str | Path | Template = DEFAULT_TEMPLATE, max_length: int = 1024,
                  normalize: bool | None = None, instruction: str | None = None,
                  long_documents: LongDocuments = "truncate", chunk_size: int = 4096, show_progress: bool = False,
+                 calibration: str | Path | Calibration | None = None, allow_other_model: bool = False,
                  **engine_options: Any):
         self.template = load_template(template)
+        calibration = None if calibration is None else load_calibration(calibration)  # file errors before the model loads
         if instruction is not None:
             if not self.template.takes_instruction:
                 raise ValueError(f"template {self.template.name!r} takes no instruction; "
@@ -133,6 +140,9 @@ class Reranker:
         self.long_documents = long_documents
         self.chunk_size = chunk_size
         self.show_progress = show_progress
+        if calibration is not None:
+            calibration.check(self, allow_other_model=allow_other_model)
+        self.calibration: Calibration | None = calibration
         # An engine that cannot take concurrent calls gets one at a time, from any thread.
         self._calls_in_flight = max(1, int(getattr(self.engine, "max_calls_in_flight", 1)))
         self._engine_lock = threading.Lock() if self._calls_in_flight == 1 else nullcontext()
@@ -155,10 +165,15 @@ class Reranker:
         return self.score(query_pairs(query, documents))
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-             return_documents: bool = False) -> list[dict[str, Any]]:
-        """``[{"corpus_id", "score"(, "text")}]`` best first, like sentence-transformers' CrossEncoder.rank."""
+             return_documents: bool = False, *, min_relevance: float | None = None,
+             min_probability: float | None = None) -> list[dict[str, Any]]:
+        """``[{"corpus_id", "score"(, "probability")(, "text")}]`` best first, like sentence-transformers'
+        CrossEncoder.rank; ``probability`` with a calibration. Candidates whose relevance is below
+        ``min_relevance``, or (with a calibration) whose probability is below ``min_probability``, are dropped."""
         _check_top_k(top_k)
-        return _ranking(self.rerank(query, documents), documents, top_k, return_documents)
+        floors = self._floors(min_relevance, min_probability)
+        return _ranking(_checked(self.score_details(query_pairs(query, documents))), documents, top_k,
+                        return_documents, floors)
 
     def score_details(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None, *,
                       long_documents: LongDocuments | None = None,
@@ -224,7 +239,8 @@ class Reranker:
             score, mass, truncated, altered, errors, windows = _best_windows(prompts.pair_index, score, mass,
                                                                              truncated, altered, errors)
         return ScoredPairs(score, mass, truncated, errors, scores.zero_mass,
-                           unit_interval(score, self.template.values), altered, windows)
+                           unit_interval(score, self.template.values), altered, windows,
+                           None if self.calibration is None else self.calibration.probability(score))
 
     def score_stream(self, items: Iterable[tuple[T, Prompts | None]]) -> Iterator[tuple[T, ScoredPairs | None]]:
         """``(key, scores)`` for each ``(key, prompts)``, in order; None passes through as None.
@@ -263,10 +279,13 @@ class Reranker:
         return await self.ascore(query_pairs(query, documents))
 
     async def arank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-                    return_documents: bool = False) -> list[dict[str, Any]]:
+                    return_documents: bool = False, *, min_relevance: float | None = None,
+                    min_probability: float | None = None) -> list[dict[str, Any]]:
         """``rank`` for async code."""
         _check_top_k(top_k)
-        return _ranking(await self.arerank(query, documents), documents, top_k, return_documents)
+        floors = self._floors(min_relevance, min_probability)
+        return _ranking(_checked(await self.ascore_details(query_pairs(query, documents))), documents, top_k,
+                        return_documents, floors)
 
     async def ascore_details(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None,
                              *, long_documents: LongDocuments | None = None,
@@ -299,6 +318,18 @@ class Reranker:
         return await asyncio.get_running_loop().run_in_executor(self._engine_thread, self.label_logprobs, prompts)
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _floors(self, min_relevance: float | None, min_probability: float | None) -> dict[str, float]:
+        """The checked thresholds of ``rank``: ScoredPairs field -> lowest value kept."""
+        if min_probability is not None and self.calibration is None:
+            raise ValueError("min_probability needs a calibration: Reranker(..., calibration='CALIB.json') "
+                             "(see genrank calibrate); min_relevance works without one")
+        floors = {"relevance": min_relevance, "probability": min_probability}
+        for name, value in floors.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 <= value <= 1):
+                raise ValueError(f"min_{name} must be a number from 0 to 1, got {value!r}")
+        return {name: float(value) for name, value in floors.items() if value is not None}
 
     def _options(self, long_documents: LongDocuments | None, max_document_tokens: int | None) -> dict[str, Any]:
         long_documents = long_documents or self.long_documents
@@ -352,10 +383,16 @@ def _check_top_k(top_k: int | None) -> None:
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
 
 
-def _ranking(scores: np.ndarray, documents: Sequence[str], top_k: int | None,
-             return_documents: bool) -> list[dict[str, Any]]:
-    order = np.argsort(-scores, kind="stable")[:top_k]
-    return [{"corpus_id": int(i), "score": float(scores[i]), **({"text": documents[i]} if return_documents else {})}
+def _ranking(scored: ScoredPairs, documents: Sequence[str], top_k: int | None, return_documents: bool,
+             floors: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    keep = np.ones(len(scored), dtype=bool)
+    for name, floor in (floors or {}).items():
+        keep &= getattr(scored, name) >= floor
+    order = [i for i in np.argsort(-scored.score, kind="stable") if keep[i]][:top_k]
+    probability = scored.probability
+    return [{"corpus_id": int(i), "score": float(scored.score[i]),
+             **({"probability": float(probability[i])} if probability is not None else {}),
+             **({"text": documents[i]} if return_documents else {})}
             for i in order]
 
 
@@ -393,7 +430,8 @@ def _concat(parts: list[ScoredPairs]) -> ScoredPairs:
     if any(p.windows is not None for p in parts):
         windows = np.concatenate([p.windows if p.windows is not None else np.ones(len(p), dtype=np.int64)
                                   for p in parts])
+    probability = None if parts[0].probability is None else np.concatenate([p.probability for p in parts])
     return ScoredPairs(np.concatenate([p.score for p in parts]), np.concatenate([p.label_mass for p in parts]),
                        np.concatenate([p.truncated for p in parts]), errors, sum(p.zero_mass for p in parts),
                        np.concatenate([p.relevance for p in parts]), np.concatenate([p.altered for p in parts]),
-                       windows)
+                       windows, probability)
