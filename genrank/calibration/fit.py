@@ -84,6 +84,19 @@ def split_by_query(query_ids: list[str] | np.ndarray, held_out: float = 0.3, see
     return mask
 
 
+def check_split(labels: np.ndarray, query_ids: list[str], held_out: float = 0.3, seed: int = 0) -> np.ndarray:
+    """``split_by_query``'s held-out mask, or a ValueError if the fit part lacks relevant or not-relevant pairs."""
+    held = split_by_query(query_ids, held_out, seed)
+    fit, labels = ~held, np.asarray(labels, int)
+    positives, pairs = int(labels[fit].sum()), int(fit.sum())
+    if positives == 0 or positives == pairs:
+        missing = "relevant" if positives == 0 else "not-relevant"
+        queries = len(set(np.asarray(query_ids, object)[fit].tolist()))
+        raise ValueError(f"the fit part ({pairs} pairs of {queries} queries) has no {missing} pairs: a calibration "
+                         "needs both; check the labels and --relevant-grade, or add queries")
+    return held
+
+
 def fit_platt(score: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Platt scaling: an unpenalised logistic regression of the label on the score."""
     from sklearn.linear_model import LogisticRegression
@@ -126,14 +139,8 @@ def fit_calibration(score: np.ndarray, relevance: np.ndarray, labels: np.ndarray
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     score, relevance = np.asarray(score, float), np.asarray(relevance, float)
     labels = np.asarray(labels, int)
-    held = split_by_query(query_ids, held_out, seed)
+    held = check_split(labels, query_ids, held_out, seed)
     fit = ~held
-    positives, pairs = int(labels[fit].sum()), int(fit.sum())
-    if positives == 0 or positives == pairs:
-        missing = "relevant" if positives == 0 else "not-relevant"
-        raise ValueError(f"the fit part ({pairs} pairs of {len(set(np.asarray(query_ids, object)[fit].tolist()))} "
-                         f"queries) has no {missing} pairs: a calibration needs both; check the labels and "
-                         "--relevant-grade, or add queries")
     candidates, maps = {}, {}
     for name, fitter in (("platt", fit_platt), ("isotonic", fit_isotonic)):
         maps[name] = Calibration(name, fitter(score[fit], labels[fit]), fitted_for)
@@ -157,5 +164,5 @@ def _part(labels: np.ndarray, query_ids: np.ndarray) -> dict[str, int]:
     return {"queries": len(set(query_ids.tolist())), "pairs": int(len(labels)), "positives": int(labels.sum())}
 
 
-__all__ = ["ECE_BINS", "ECE_RULE", "FitResult", "calibration_metrics", "expected_calibration_error",
+__all__ = ["ECE_BINS", "ECE_RULE", "FitResult", "calibration_metrics", "check_split", "expected_calibration_error",
            "fit_calibration", "fit_isotonic", "fit_platt", "queries_needed", "reliability_bins", "split_by_query"]
