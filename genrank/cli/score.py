@@ -10,7 +10,8 @@ from typing import Any
 
 from .. import io
 from ..batch import score_file
-from .common import CliError, HelpFormatter, add_model_options, require, reranker_from_args
+from .common import (CliError, HelpFormatter, add_calibration_options, add_model_options, require,
+                     reranker_from_args)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -98,4 +99,5 @@ def add_command(sub: Any) -> None:
     g.add_argument("--concurrency", type=int, default=1, help="number of engine actors")
     g.add_argument("--num-cpus", type=float, default=None, help="CPUs per engine actor (default: Ray's, 1)")
     add_model_options(p)
+    add_calibration_options(p)
     p.set_defaults(func=cmd_score)
