@@ -96,7 +96,7 @@ def from_beir(folder: str | os.PathLike, *, run_file: str | os.PathLike | None =
     if not rows:
         raise ValueError(f"BEIR folder {str(folder)!r} gives no pairs to calibrate on")
     grades = [None if g is None else float(g) for _, _, g in rows]
-    source = {"kind": "beir", "path": os.path.abspath(folder), "split": split, "judged_only": judged_only,
+    source = {"kind": "beir", "path": os.path.abspath(folder), "qrels": f"qrels/{split}.tsv", "judged_only": judged_only,
               "first_stage": None if judged_only else (os.path.abspath(run_file) if run_file else "bm25"),
               "top_k": None if judged_only else top_k, "max_queries": max_queries,
               "relevant": f"qrels grade >= {relevant_grade:g}",

@@ -65,7 +65,7 @@ def calibrate(reranker: Reranker, pairs: LabelledPairs, output: str | os.PathLik
     if not ok.any():
         first = failed[min(failed)] if failed else "no score"
         raise ValueError(f"none of the {len(pairs)} pairs could be scored (pair 0: {first})")
-    data = pairs.summary()
+    data = {**pairs.summary(), "genrank_version": _version()}
     if failed:
         data["not_scored"] = len(failed)
     keep = np.flatnonzero(ok)
@@ -73,6 +73,12 @@ def calibrate(reranker: Reranker, pairs: LabelledPairs, output: str | os.PathLik
                              [pairs.query_ids[i] for i in keep], fitted_for=fitted_for(reranker), data=data,
                              method=method, held_out=held_out, seed=seed)
     return CalibrationRun(result, summary, failed, scores_path)
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__
 
 
 def _read_scores(path: Path, n: int) -> tuple[np.ndarray, dict[int, str]]:
