@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
-from .calibration import Calibration, load_calibration
+from .calibration import Calibration, fitted_for, load_calibration, score_settings
 from .engines import Engine, LabelLogprobs, make_engine
 from .prompts import LONG_DOCUMENTS, LongDocuments, PromptBuilder, Prompts
 from .scorer import expected_scores, unit_interval
@@ -119,7 +119,7 @@ class Reranker:
                  calibration: str | Path | Calibration | None = None, allow_other_model: bool = False,
                  **engine_options: Any):
         self.template = load_template(template)
-        calibration = None if calibration is None else load_calibration(calibration)  # file errors before the model loads
+        calibration = None if calibration is None else load_calibration(calibration)  # before the model loads
         if instruction is not None:
             if not self.template.takes_instruction:
                 raise ValueError(f"template {self.template.name!r} takes no instruction; "
@@ -129,6 +129,10 @@ class Reranker:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         if long_documents not in LONG_DOCUMENTS:
             raise ValueError(f"long_documents must be one of {LONG_DOCUMENTS}, got {long_documents!r}")
+        if calibration is not None:  # a calibration for other settings is refused before the model loads
+            calibration.check_settings(score_settings(
+                self.template, instruction=instruction, max_length=max_length, long_documents=long_documents,
+                normalize=self.template.normalize if normalize is None else normalize))
         self.engine = make_engine(engine, model or self.template.default_model, **engine_options)
         self.builder = PromptBuilder(self.template, self.engine.tokenizer, max_length)
         if self.engine.prompt_format == "tokens" and self.builder.labels.token_ids is None:
@@ -141,7 +145,7 @@ class Reranker:
         self.chunk_size = chunk_size
         self.show_progress = show_progress
         if calibration is not None:
-            calibration.check(self, allow_other_model=allow_other_model)
+            calibration.check_model(fitted_for(self)["model"], allow_other_model=allow_other_model)
         self.calibration: Calibration | None = calibration
         # An engine that cannot take concurrent calls gets one at a time, from any thread.
         self._calls_in_flight = max(1, int(getattr(self.engine, "max_calls_in_flight", 1)))

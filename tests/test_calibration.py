@@ -200,6 +200,11 @@ def test_a_calibration_for_other_settings_is_refused_naming_both(hf_engine, rera
     assert "\n" not in str(refused.value)
 
 
+def test_other_settings_are_refused_before_the_model_loads(reranker, tmp_path):
+    with pytest.raises(CalibrationError, match="label normalisation"):  # not "model not found"
+        Reranker(str(tmp_path / "no-model"), engine="hf", calibration=platt_for(reranker, normalize=False))
+
+
 def test_another_model_is_allowed_on_request_and_another_max_length_warns(hf_engine, reranker):
     cal = platt_for(reranker, model="someone/other-model")
     assert Reranker(engine=hf_engine, calibration=cal, allow_other_model=True).calibration is cal

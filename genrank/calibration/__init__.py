@@ -9,6 +9,8 @@ diagram (``genrank.calibration.plot``). Applying a calibration needs only numpy;
 scikit-learn, the picture matplotlib (``pip install 'genrank[calibrate]'``).
 """
 
-from .calibrator import Calibration, CalibrationError, CalibrationWarning, fitted_for, load_calibration
+from .calibrator import (Calibration, CalibrationError, CalibrationWarning, fitted_for, load_calibration,
+                         score_settings)
 
-__all__ = ["Calibration", "CalibrationError", "CalibrationWarning", "fitted_for", "load_calibration"]
+__all__ = ["Calibration", "CalibrationError", "CalibrationWarning", "fitted_for", "load_calibration",
+           "score_settings"]

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..templates import template_sha256
+from ..templates import Template, template_sha256
 
 FORMAT = "genrank-calibration"
 VERSION = 1
@@ -84,10 +84,16 @@ class Calibration:
         return hashlib.sha256(content.encode()).hexdigest()
 
     def check(self, reranker: Any, *, allow_other_model: bool = False) -> None:
-        """A CalibrationError (one line naming both) if ``reranker`` scores with another recipe, other
-        score settings or (unless ``allow_other_model``) another model; a CalibrationWarning for
-        another max length, which changes only the scores of pairs that do not fit."""
-        was, now, where = self.fitted_for, fitted_for(reranker), self.source or "the calibration"
+        """``check_settings`` and ``check_model`` for a built Reranker."""
+        now = fitted_for(reranker)
+        self.check_settings(now)
+        self.check_model(now["model"], allow_other_model=allow_other_model)
+
+    def check_settings(self, now: dict[str, Any]) -> None:
+        """A CalibrationError (one line naming both) if ``now`` (``score_settings``) has another recipe or
+        other score settings; a CalibrationWarning for another max length, which changes only the
+        scores of pairs that do not fit."""
+        was, where = self.fitted_for, self.source or "the calibration"
         template_was, template_now = was.get("template") or {}, now["template"]
         if template_was.get("name") != template_now["name"]:
             raise CalibrationError(f"{where} was fitted for template {template_was.get('name')!r}, this Reranker "
@@ -102,14 +108,18 @@ class Calibration:
             if was.get(key) != now[key]:
                 raise CalibrationError(f"{where} was fitted with {name} {shown(was.get(key))}, this Reranker has "
                                        f"{shown(now[key])}; fit one for these settings with genrank calibrate")
-        if was.get("model") != now["model"] and not allow_other_model:
-            raise CalibrationError(f"{where} was fitted for model {was.get('model')!r}, this Reranker runs "
-                                   f"{now['model']!r}; fit one for it, or allow it (allow_other_model=True, "
-                                   "--allow-other-model) if the two models score alike")
         if was.get("max_length") != now["max_length"]:
             warnings.warn(f"{where} was fitted with max_length {was.get('max_length')}, this Reranker has "
                           f"{now['max_length']}: pairs that do not fit both are scored differently",
                           CalibrationWarning, stacklevel=3)
+
+    def check_model(self, model: str | None, *, allow_other_model: bool = False) -> None:
+        """A CalibrationError naming both if ``model`` is not the model it was fitted for, unless allowed."""
+        was, where = self.fitted_for.get("model"), self.source or "the calibration"
+        if was != model and not allow_other_model:
+            raise CalibrationError(f"{where} was fitted for model {was!r}, this Reranker runs {model!r}; fit one "
+                                   "for it, or allow it (allow_other_model=True, --allow-other-model) if the two "
+                                   "models score alike")
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "method": self.method, "input": "score",
@@ -150,14 +160,20 @@ def load_calibration(calibration: str | os.PathLike | Calibration) -> Calibratio
     return calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
 
 
+def score_settings(template: Template, *, instruction: str | None, max_length: int, normalize: bool,
+                   long_documents: str) -> dict[str, Any]:
+    """The settings besides the model that a calibration depends on (known before the model loads)."""
+    return {"template": {"name": template.name, "sha256": template_sha256(template)}, "instruction": instruction,
+            "max_length": max_length, "normalize": normalize, "long_documents": long_documents}
+
+
 def fitted_for(reranker: Any) -> dict[str, Any]:
-    """The settings of ``reranker`` that a calibration depends on."""
+    """The settings of ``reranker`` that a calibration depends on: its model and ``score_settings``."""
     name = getattr(reranker.engine, "model_name", None)
     model = os.path.realpath(name) if isinstance(name, str) and os.path.isdir(name) else name
-    template = reranker.template
-    return {"model": model, "template": {"name": template.name, "sha256": template_sha256(template)},
-            "instruction": reranker.instruction, "max_length": reranker.builder.max_length,
-            "normalize": reranker.normalize, "long_documents": reranker.long_documents}
+    return {"model": model, **score_settings(reranker.template, instruction=reranker.instruction,
+                                             max_length=reranker.builder.max_length, normalize=reranker.normalize,
+                                             long_documents=reranker.long_documents)}
 
 
 def _shown(value: Any) -> str:
@@ -168,4 +184,5 @@ def _on_off(value: Any) -> str:
     return "on" if value else "off (--card-formula)"
 
 
-__all__ = ["Calibration", "CalibrationError", "CalibrationWarning", "METHODS", "fitted_for", "load_calibration"]
+__all__ = ["Calibration", "CalibrationError", "CalibrationWarning", "METHODS", "fitted_for", "load_calibration",
+           "score_settings"]

@@ -73,8 +73,9 @@ def from_beir(folder: str | os.PathLike, *, run_file: str | os.PathLike | None =
         raise ValueError(f"BEIR folder {str(folder)!r} does not exist")
     if not qrels_path.is_file():
         found = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
+        others = f"; it has qrels for {', '.join(found)} (choose with --split)" if found else ""
         raise ValueError(f"BEIR folder {str(folder)!r} has no qrels/{split}.tsv: calibration needs relevance "
-                         "judgements" + (f"; it has qrels for {', '.join(found)} (choose with --split)" if found else ""))
+                         f"judgements{others}")
     if judged_only:
         judged = {d for docs in load_qrels(qrels_path).values() for d in docs}
         data, first = load_beir(folder, split, max_queries, doc_ids=judged), {}
@@ -96,7 +97,8 @@ def from_beir(folder: str | os.PathLike, *, run_file: str | os.PathLike | None =
     if not rows:
         raise ValueError(f"BEIR folder {str(folder)!r} gives no pairs to calibrate on")
     grades = [None if g is None else float(g) for _, _, g in rows]
-    source = {"kind": "beir", "path": os.path.abspath(folder), "qrels": f"qrels/{split}.tsv", "judged_only": judged_only,
+    source = {"kind": "beir", "path": os.path.abspath(folder), "qrels": f"qrels/{split}.tsv",
+              "judged_only": judged_only,
               "first_stage": None if judged_only else (os.path.abspath(run_file) if run_file else "bm25"),
               "top_k": None if judged_only else top_k, "max_queries": max_queries,
               "relevant": f"qrels grade >= {relevant_grade:g}",

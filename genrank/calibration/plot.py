@@ -31,7 +31,8 @@ def reliability_diagram(result: FitResult, path: str | os.PathLike) -> None:
         top.plot(predicted, observed, marker=marker, color=color,
                  label=f"{label}: ECE {metrics['ece']:.3f}, Brier {metrics['brier']:.3f}")
     top.set(xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), ylabel="observed rate of relevant pairs",
-            title=f"Held-out reliability: {len(y)} pairs, {int(y.sum())} relevant\n(points: {ECE_BINS} equal-mass bins)")
+            title=f"Held-out reliability: {len(y)} pairs, {int(y.sum())} relevant\n"
+                  f"(points: {ECE_BINS} equal-mass bins)")
     top.legend(loc="lower right", fontsize="small")
     top.grid(alpha=0.3)
     bins = np.linspace(0, 1, 41)

@@ -99,10 +99,9 @@ def format_table(calibration: Calibration) -> str:
     """The held-out metrics before and after as a text table, with the data and split in one line."""
     m = calibration.metrics
     before, after = m["before"], m["after"]
-    lines = [f"{'held-out':<26}{f'ECE ({ECE_BINS} bins)':>16}{'Brier':>10}{'log-loss':>10}",
-             f"{'relevance (uncalibrated)':<26}{before['ece']:>16.4f}{before['brier']:>10.4f}{before['log_loss']:>10.4f}",
-             f"{'probability (' + calibration.method + ')':<26}{after['ece']:>16.4f}{after['brier']:>10.4f}"
-             f"{after['log_loss']:>10.4f}"]
+    lines = [f"{'held-out':<26}{f'ECE ({ECE_BINS} bins)':>16}{'Brier':>10}{'log-loss':>10}"]
+    for label, row in (("relevance (uncalibrated)", before), (f"probability ({calibration.method})", after)):
+        lines.append(f"{label:<26}{row['ece']:>16.4f}{row['brier']:>10.4f}{row['log_loss']:>10.4f}")
     split = calibration.data.get("split", {})
     fit, held = split.get("fit", {}), split.get("held_out", {})
     other = [f"{name} {c['log_loss']:.4f}" for name, c in m.get("candidates", {}).items()]

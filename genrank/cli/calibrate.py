@@ -38,7 +38,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                           document_field=args.document_field, label_field=args.label_field,
                           query_id_field=args.query_id_field, relevant_grade=args.relevant_grade)
     else:
-        raise CliError(f"labelled data {args.data!r} does not exist (a BEIR folder, or a .jsonl, .csv or .parquet file)")
+        raise CliError(f"labelled data {args.data!r} does not exist (a BEIR folder, or a .jsonl, .csv or .parquet "
+                       "file)")
     check_split(pairs.labels, pairs.query_ids, args.held_out, args.seed)  # data errors before the model loads
     reranker = reranker_from_args(args)
     try:

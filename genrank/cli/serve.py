@@ -49,8 +49,8 @@ def add_command(sub: Any) -> None:
         "serve", formatter_class=HelpFormatter, help="serve a rerank HTTP API (Cohere, Jina, text-embeddings-inference)",
         description="Serve POST /v2/rerank (Cohere v2), /v1/rerank (Jina, Cohere v1) and /rerank "
                     "(text-embeddings-inference when the body has texts, else Jina), plus GET /health, /v1/models, "
-                    "/metrics and the OpenAPI docs at /docs. relevance_score is on [0, 1]; with --calibration it is the "
-                    "calibrated probability that the document is relevant (the genrank block keeps the "
+                    "/metrics and the OpenAPI docs at /docs. relevance_score is on [0, 1]; with --calibration it "
+                    "is the calibrated probability that the document is relevant (the genrank block keeps the "
                     "uncalibrated relevance), and requests may send min_relevance. Pairs of concurrent "
                     "requests are scored together. SIGTERM stops accepting, finishes the requests in flight "
                     "and exits 0. Needs pip install 'genrank[serve]'.")
