@@ -230,6 +230,8 @@ def test_beir_pairs_judged_graded_and_unjudged_as_not_relevant():
     judged = from_beir(BEIR, judged_only=True)
     assert len(judged) == 7 and all(g is not None for g in judged.grades) and judged.source["first_stage"] is None
     assert got and pairs.fingerprint() == from_beir(BEIR, run_file=BEIR / "run.trec", top_k=3).fingerprint()
+    bm25 = from_beir(BEIR)  # BM25 finds q2's judged d4 d3 only: every judged pair is there, and no unjudged one
+    assert bm25.source["first_stage"] == "bm25" and sorted(bm25.grades) == sorted(judged.grades)
 
 
 def test_a_beir_folder_without_qrels_is_named(tmp_path):
@@ -253,6 +255,12 @@ def test_labelled_files_and_labels_that_are_not_numbers(tmp_path):
         writer.writeheader()
         writer.writerows(rows)
     assert from_file(tmp_path / "pairs.csv").labels.tolist() == [1, 0, 1]
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist([{**r, "qid": n // 2} for n, r in enumerate(rows)]), tmp_path / "p.parquet")
+    parquet = from_file(tmp_path / "p.parquet", query_id_field="qid")
+    assert parquet.labels.tolist() == [1, 0, 1] and parquet.query_ids == ["0", "0", "1"]
     (tmp_path / "bad.csv").write_text("query,document,label\nq,d,1\nq,d2,yes\n")
     with pytest.raises(ValueError, match="bad.csv' line 3: field 'label' must be a number .*got 'yes'"):
         from_file(tmp_path / "bad.csv")

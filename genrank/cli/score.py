@@ -68,9 +68,9 @@ def add_command(sub: Any) -> None:
     p = sub.add_parser(
         "score", formatter_class=HelpFormatter, help="score a JSONL, CSV or Parquet file of pairs (resumable, sharded)",
         description="Score every (query, document) pair of INPUT into OUTPUT (same format): the input's ids "
-                    "plus score and label_mass, and error for rows that could not be scored. Rerun on the "
-                    "same OUTPUT with the same settings to resume after an interruption. Exits 1 if any pair "
-                    "failed, 2 on an error (the rows done are kept).")
+                    "plus score and label_mass (and probability with --calibration), and error for rows that "
+                    "could not be scored. Rerun on the same OUTPUT with the same settings to resume after an "
+                    "interruption. Exits 1 if any pair failed, 2 on an error (the rows done are kept).")
     p.add_argument("input", help="input file: .jsonl, .csv or .parquet")
     p.add_argument("--output", "-o", required=True,
                    help="output file, in the input's format (Parquet: built in OUTPUT.parts/, merged at the end), "
