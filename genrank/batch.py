@@ -59,8 +59,9 @@ def score_file(input_path: str | os.PathLike, output_path: str | os.PathLike, re
 
     Each output row has the input row's ``id`` (its 0-based row number when it has none),
     ``score``, ``label_mass``, ``probability`` when the Reranker has a calibration, and ``error``
-    (null unless the row could not be scored; JSONL writes it only then). With ``documents_field`` each input row is one query with a list of
-    documents, and ``score``/``label_mass`` are lists in document order. A row that fails
+    (null unless the row could not be scored; JSONL writes it only then). With ``documents_field``
+    each input row is one query with a list of documents, and ``score``/``label_mass``
+    (``probability``) are lists in document order. A row that fails
     (bad field, engine error) is written with its error and the run goes on; an exception (an
     engine that cannot score at all) stops the run with the rows done so far kept for a rerun.
 

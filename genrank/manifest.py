@@ -33,7 +33,8 @@ _NAMES = {"model": "--model", "template": "--template", "max_length": "--max-len
           "normalize": "label normalisation (off with --card-formula)", "instruction": "--instruction",
           "long_documents": "--long-documents", "calibration": "--calibration", "format": "--format",
           "query_field": "--query-field", "document_field": "--document-field", "id_field": "--id-field",
-          "documents_field": "--documents-field", "shard": "--shard", "chunk_size": "--chunk-size (it decides a shard's rows)"}
+          "documents_field": "--documents-field", "shard": "--shard",
+          "chunk_size": "--chunk-size (it decides a shard's rows)"}
 
 
 def manifest_path(output_path: str | os.PathLike) -> Path:

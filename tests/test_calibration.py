@@ -296,6 +296,12 @@ def test_calibrate_command_on_the_beir_fixture(tiny_model_dir, reranker, tmp_pat
     assert (tmp_path / "other.png").exists()
     run = calibrate(reranker, from_beir(BEIR, run_file=BEIR / "run.trec"), out)  # the same pairs and model
     assert run.scoring.skipped == 12 and run.scoring.pairs == 0  # resumed: nothing scored again
+    files = {p: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match="holds the scores of other pairs"):
+        calibrate(reranker, from_beir(BEIR, run_file=BEIR / "run.trec", top_k=2), out)
+    with pytest.raises(ValueError, match="--max-length was 1024, now 512"):
+        calibrate(Reranker(engine=reranker.engine, max_length=512), from_beir(BEIR, run_file=BEIR / "run.trec"), out)
+    assert {p: p.read_bytes() for p in tmp_path.iterdir()} == files  # refusals change nothing
 
 
 @pytest.mark.parametrize("extra, message", [

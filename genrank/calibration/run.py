@@ -55,6 +55,9 @@ def calibrate(reranker: Reranker, pairs: LabelledPairs, output: str | os.PathLik
     pairs_path, scores_path = work_paths(output)
     content = pairs.jsonl()
     if not pairs_path.exists() or pairs_path.read_bytes() != content:  # unchanged pairs keep their scores resumable
+        if scores_path.exists() and not overwrite:  # refused before anything changes
+            raise ValueError(f"{str(scores_path)!r} holds the scores of other pairs ({str(pairs_path)!r} differs from "
+                             "this data); start over with --overwrite (overwrite=True) or choose another output")
         tmp = pairs_path.with_name(pairs_path.name + ".tmp")
         tmp.write_bytes(content)
         os.replace(tmp, pairs_path)
