@@ -60,9 +60,10 @@ def score_file(input_path: str | os.PathLike, output_path: str | os.PathLike, re
     """Score every pair of ``input_path`` (JSONL, CSV or Parquet) into ``output_path`` (same format).
 
     Each output row has the input row's ``id`` (its 0-based row number when it has none),
-    ``score``, ``label_mass`` and ``error`` (null unless the row could not be scored; JSONL writes
-    it only then). With ``documents_field`` each input row is one query with a list of
-    documents, and ``score``/``label_mass`` are lists in document order. A row that fails
+    ``score``, ``label_mass``, ``probability`` when the Reranker has a calibration, and ``error``
+    (null unless the row could not be scored; JSONL writes it only then). With ``documents_field``
+    each input row is one query with a list of documents, and ``score``/``label_mass``
+    (``probability``) are lists in document order. A row that fails
     (bad field, engine error) is written with its error and the run goes on; an exception (an
     engine that cannot score at all) stops the run with the rows done so far kept for a rerun.
 
@@ -80,7 +81,8 @@ def score_file(input_path: str | os.PathLike, output_path: str | os.PathLike, re
     if os.path.exists(output_path) and os.path.samefile(input_path, output_path):
         raise InputError(f"the output {str(output_path)!r} is the input; choose another output")
     fields = Fields(query_field, document_field, id_field, documents_field)
-    writer = io.open_writer(output_path, fmt, list_mode=documents_field is not None)
+    writer = io.open_writer(output_path, fmt, list_mode=documents_field is not None,
+                            probability=reranker.calibration is not None)
     manifest = Manifest.for_run(reranker, input_path, fmt, fields, chunk_size, (index, count))
     done_ids: Iterator[Any] = iter(())
     if not overwrite and writer.exists():
@@ -131,7 +133,8 @@ def score_file(input_path: str | os.PathLike, output_path: str | os.PathLike, re
         # Every resumed row is checked before the first write (they come first).
         for (chunk, todo), result in reranker.score_stream(prefetch(prepare, pending())):
             if todo:
-                records, pairs, failed = _records(todo, result, documents_field is not None)
+                records, pairs, failed = _records(todo, result, documents_field is not None,
+                                                  reranker.calibration is not None)
                 commit(functools.partial(writer.write, records))
                 summary.pairs += pairs
                 summary.failed += failed
@@ -168,35 +171,40 @@ def _resume(writer: io.Writer, run: Manifest, output_path: str | os.PathLike) ->
 def score_rows(reranker: Reranker, rows: list[InputRow], list_mode: bool) -> list[dict[str, Any]]:
     """Output records of validated rows (one ``score_details`` call)."""
     pairs = _pairs(rows)
-    return _records(rows, reranker.score_details(pairs) if pairs else None, list_mode)[0]
+    return _records(rows, reranker.score_details(pairs) if pairs else None, list_mode,
+                    reranker.calibration is not None)[0]
 
 
 def _pairs(rows: list[InputRow]) -> list[tuple[str, str]]:
     return [(row.query, doc) for row in rows if row.error is None for doc in row.documents]
 
 
-def _records(rows: list[InputRow], result: ScoredPairs | None, list_mode: bool) -> tuple[list[dict[str, Any]], int, int]:
-    """Output records of ``rows`` from the scores of their pairs, with pair and failure counts.
+def _records(rows: list[InputRow], result: ScoredPairs | None, list_mode: bool,
+             calibrated: bool = False) -> tuple[list[dict[str, Any]], int, int]:
+    """Output records of ``rows`` from the scores of their pairs, with pair and failure counts
+    (``calibrated``: with the probability column).
 
     A row that could not be read counts as one failed pair (its documents are unknown).
     """
     records, scored, failed = [], 0, 0
     for row in rows:
         if row.error is not None:
-            records.append(io.output_record(row.id, None, None, row.error))
+            records.append(io.output_record(row.id, None, None, row.error, *([None] if calibrated else [])))
             failed += 1
             continue
         span = range(scored, scored + len(row.documents))
         scored = span.stop
         score = result.score[span.start:span.stop].tolist() if span else []
         mass = result.label_mass[span.start:span.stop].tolist() if span else []
+        probability = result.probability[span.start:span.stop].tolist() if span and calibrated else []
         errors = {i - span.start: result.errors[i] for i in span if i in result.errors}
         failed += len(errors)
         if list_mode:
             error = "; ".join(f"document {i}: {why}" for i, why in errors.items()) or None
-            records.append(io.output_record(row.id, score, mass, error))
+            records.append(io.output_record(row.id, score, mass, error, *([probability] if calibrated else [])))
         else:
-            records.append(io.output_record(row.id, score[0], mass[0], errors.get(0)))
+            records.append(io.output_record(row.id, score[0], mass[0], errors.get(0),
+                                            *(probability[:1] if calibrated else [])))
     return records, scored + sum(row.error is not None for row in rows), failed
 
 

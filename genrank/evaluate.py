@@ -251,8 +251,12 @@ def compute_metrics(qrels: dict[str, dict[str, int]], run: Ranking) -> dict[str,
 
 
 def load_first_stage(folder: str | Path, *, run_file: str | Path | None = None, split: str = "test",
-                     top_k: int = 100, max_queries: int | None = None) -> tuple[BeirDataset, Ranking]:
-    """A BEIR folder and each judged query's top ``top_k`` candidates, from ``run_file`` or BM25."""
+                     top_k: int = 100, max_queries: int | None = None,
+                     judged_documents: bool = False) -> tuple[BeirDataset, Ranking]:
+    """A BEIR folder and each judged query's top ``top_k`` candidates, from ``run_file`` or BM25.
+
+    With a run file only the candidates' documents are kept, and the judged ones too with
+    ``judged_documents``."""
     if not isinstance(top_k, int) or top_k < 1:
         raise InputError(f"top_k must be a positive integer, got {top_k!r}")
     if max_queries is not None and (not isinstance(max_queries, int) or max_queries < 1):
@@ -261,7 +265,10 @@ def load_first_stage(folder: str | Path, *, run_file: str | Path | None = None, 
         data = load_beir(folder, split, max_queries)
         return data, bm25_run(data.corpus, data.queries, top_k)
     full = read_trec_run(run_file)
-    data = load_beir(folder, split, max_queries, doc_ids={d for q in full for d, _ in full[q][:top_k]})
+    doc_ids = {d for q in full for d, _ in full[q][:top_k]}
+    if judged_documents:
+        doc_ids |= {d for docs in load_qrels(Path(folder) / "qrels" / f"{split}.tsv").values() for d in docs}
+    data = load_beir(folder, split, max_queries, doc_ids=doc_ids)
     first = {qid: full.get(qid, [])[:top_k] for qid in data.queries}
     unknown = [(q, d) for q in first for d, _ in first[q] if d not in data.corpus]
     if unknown:

@@ -32,6 +32,7 @@ csv.field_size_limit(2**31 - 1)
 
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 OUTPUT_COLUMNS = ("id", "score", "label_mass", "error")
+CALIBRATED_COLUMNS = ("id", "score", "label_mass", "probability", "error")  # with a calibration
 
 
 def detect_format(path: str | os.PathLike, format: str | None = None) -> str:
@@ -108,9 +109,20 @@ def _field(record: dict, name: str, where: str) -> Any:
     return value
 
 
-def output_record(row_id: Any, score: Any, label_mass: Any, error: str | None) -> dict[str, Any]:
-    """One output row; NaN (a failed pair) becomes None."""
-    return {"id": row_id, "score": _none_if_nan(score), "label_mass": _none_if_nan(label_mass), "error": error}
+def output_columns(probability: bool) -> tuple[str, ...]:
+    """The output's columns: with ``probability`` (a calibrated run) the probability column too."""
+    return CALIBRATED_COLUMNS if probability else OUTPUT_COLUMNS
+
+
+def output_record(row_id: Any, score: Any, label_mass: Any, error: str | None,
+                  probability: Any = ...) -> dict[str, Any]:
+    """One output row; NaN (a failed pair) becomes None. ``probability`` (a calibrated run's, None
+    included) adds the probability column; left out, the row has none."""
+    record = {"id": row_id, "score": _none_if_nan(score), "label_mass": _none_if_nan(label_mass)}
+    if probability is not ...:
+        record["probability"] = _none_if_nan(probability)
+    record["error"] = error
+    return record
 
 
 def _none_if_nan(value: Any) -> Any:
@@ -228,9 +240,10 @@ class Writer(ABC):
     output; ``cleanup()`` removes what the finished output no longer needs.
     """
 
-    def __init__(self, path: str | os.PathLike, list_mode: bool):
+    def __init__(self, path: str | os.PathLike, list_mode: bool, probability: bool = False):
         self.path = Path(path)
         self.list_mode = list_mode
+        self.columns = output_columns(probability)
         self.progress = Progress()
         self._file: BinaryIO | None = None
 
@@ -357,36 +370,37 @@ def _is_output_line(line: bytes) -> bool:
         record = json.loads(line)
     except ValueError:
         return False
-    return isinstance(record, dict) and "id" in record and record.keys() <= set(OUTPUT_COLUMNS)
+    return isinstance(record, dict) and "id" in record and record.keys() <= set(CALIBRATED_COLUMNS)
 
 
 class CsvWriter(Writer):
     def check_is_output(self) -> None:
         with open(self.path, newline="", encoding="utf-8", errors="replace") as f:
             header = next(csv.reader(f), [])
-        if header != list(OUTPUT_COLUMNS):
+        if header not in (list(OUTPUT_COLUMNS), list(CALIBRATED_COLUMNS)):
             raise ResumeError(f"{str(self.path)!r} is not genrank output: its header is {header!r:.100}, "
-                             f"expected {','.join(OUTPUT_COLUMNS)}; remove it or choose another output")
+                              f"expected {','.join(self.columns)}; remove it or choose another output")
 
     def resume(self, progress: Progress) -> Iterator[Any]:
         _check_size(self.path, progress)
         self.progress = progress
-        return _csv_ids(self.path, progress)
+        return _csv_ids(self.path, progress, self.columns)
 
     def write(self, records: list[dict[str, Any]]) -> Progress:
         rows = []
         for r in records:
-            score, mass = r["score"], r["label_mass"]
-            if self.list_mode and score is not None:
-                score, mass = json.dumps(score), json.dumps(mass)
-            rows.append((r["id"], "" if score is None else score, "" if mass is None else mass, r["error"] or ""))
+            cells = {key: r.get(key) for key in self.columns}
+            if self.list_mode and cells["score"] is not None:
+                for key in set(self.columns) - {"id", "error"}:
+                    cells[key] = json.dumps(cells[key])
+            rows.append(tuple("" if value is None else value for value in cells.values()))
         return self._append(_csv_bytes(rows), len(records))
 
     def _start(self) -> None:
         if self._file is None:
             super()._start()
             if self.progress.bytes == 0:
-                self._append(_csv_bytes([OUTPUT_COLUMNS]), 0)
+                self._append(_csv_bytes([self.columns]), 0)
 
 
 def _csv_bytes(rows: list[tuple[Any, ...]]) -> bytes:
@@ -395,15 +409,15 @@ def _csv_bytes(rows: list[tuple[Any, ...]]) -> bytes:
     return text.getvalue().encode("utf-8")
 
 
-def _csv_ids(path: Path, progress: Progress) -> Iterator[str]:
+def _csv_ids(path: Path, progress: Progress, columns: tuple[str, ...]) -> Iterator[str]:
     records = csv.reader((line.decode("utf-8", errors="replace") for line in _lines(path, progress)), strict=True)
     try:
         header = next(records, None)
-        if progress.bytes and header != list(OUTPUT_COLUMNS):
-            raise _changed(path, f"does not start with the header {','.join(OUTPUT_COLUMNS)}")
+        if progress.bytes and header != list(columns):
+            raise _changed(path, f"does not start with the header {','.join(columns)}")
         for n in range(1, progress.rows + 1):
             record = next(records, None)
-            if record is None or len(record) != len(OUTPUT_COLUMNS):
+            if record is None or len(record) != len(columns):
                 raise _changed(path, f"does not hold the {progress.rows:,} rows its manifest records: "
                                      f"row {n} is {record!r:.100}")
             yield record[0]
@@ -415,8 +429,8 @@ class ParquetWriter(Writer):
     """Each chunk is a part file ``OUTPUT.parts/part-NNNNNN.parquet``, renamed into place when
     complete; ``finish()`` merges the parts into OUTPUT (atomically) and ``cleanup()`` removes them."""
 
-    def __init__(self, path: str | os.PathLike, list_mode: bool):
-        super().__init__(path, list_mode)
+    def __init__(self, path: str | os.PathLike, list_mode: bool, probability: bool = False):
+        super().__init__(path, list_mode, probability)
         self.parts = self.path.with_name(self.path.name + ".parts")
         self._id_type = None
         self._started = False
@@ -434,9 +448,9 @@ class ParquetWriter(Writer):
             except Exception as e:  # pyarrow.ArrowInvalid and kin: not a Parquet file
                 raise ResumeError(f"{str(path)!r} is not genrank output: {e}; remove it or choose another "
                                  "output") from None
-            if names != list(OUTPUT_COLUMNS):
+            if names not in (list(OUTPUT_COLUMNS), list(CALIBRATED_COLUMNS)):
                 raise ResumeError(f"{str(path)!r} is not genrank output: its columns are {names}, expected "
-                                 f"{list(OUTPUT_COLUMNS)}; remove it or choose another output")
+                                  f"{list(self.columns)}; remove it or choose another output")
 
     def resume(self, progress: Progress) -> Iterator[Any]:
         _, pq = _pyarrow()
@@ -512,7 +526,7 @@ class ParquetWriter(Writer):
 
         if self._id_type is None or pa.types.is_null(self._id_type):
             self._id_type = pa.array([r["id"] for r in records]).type if records else pa.int64()
-        return output_schema(self._id_type, self.list_mode)
+        return output_schema(self._id_type, self.list_mode, probability="probability" in self.columns)
 
 
 def _fsync_file(path: Path) -> None:
@@ -520,16 +534,18 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def output_schema(id_type: Any, list_mode: bool):
-    """The Arrow schema of output rows: ``id`` of ``id_type``, scores (lists in list mode), error."""
+def output_schema(id_type: Any, list_mode: bool, probability: bool = False):
+    """The Arrow schema of output rows: ``id`` of ``id_type``, scores (lists in list mode), with
+    ``probability`` its column, error."""
     pa, _ = _pyarrow()
 
     value = pa.list_(pa.float64()) if list_mode else pa.float64()
-    return pa.schema([("id", id_type), ("score", value), ("label_mass", value), ("error", pa.string())])
+    return pa.schema([("id", id_type), ("score", value), ("label_mass", value),
+                      *([("probability", value)] if probability else []), ("error", pa.string())])
 
 
 WRITERS: dict[str, type[Writer]] = {"jsonl": JsonlWriter, "csv": CsvWriter, "parquet": ParquetWriter}
 
 
-def open_writer(path: str | os.PathLike, format: str, list_mode: bool) -> Writer:
-    return WRITERS[format](path, list_mode)
+def open_writer(path: str | os.PathLike, format: str, list_mode: bool, probability: bool = False) -> Writer:
+    return WRITERS[format](path, list_mode, probability)

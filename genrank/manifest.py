@@ -1,9 +1,9 @@
 """The manifest beside a batch output: the run that writes it, its input, and how much of it is done.
 
 ``OUTPUT.genrank.json`` records the settings that decide the scores (model, engine kind and its
-scoring method, template, max_length, normalize, instruction, long_documents) and which rows go
-where (fields, format, shard and, for a shard, chunk_size), a fingerprint of the input, and the
-extent of the output known to be on disk.
+scoring method, template, max_length, normalize, instruction, long_documents, calibration) and which
+rows go where (fields, format, shard and, for a shard, chunk_size), a fingerprint of the input, and
+the extent of the output known to be on disk.
 A rerun resumes only when its settings and input match, so one output never mixes scores of two
 runs; ``Manifest.save`` replaces the file atomically, so it always describes durable rows.
 """
@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from . import io
 from .errors import InputError, ResumeError
 from .io import Fields, Progress
+from .templates import template_sha256
 
 if TYPE_CHECKING:
     from .engines import Engine
@@ -34,9 +35,10 @@ SAMPLE_BYTES = 1 << 20  # hashed at each end of the input
 _NAMES = {"model": "--model", "engine": "--engine", "scoring_method": "the engine's scoring method",
           "template": "--template", "max_length": "--max-length",
           "normalize": "label normalisation (off with --card-formula)", "instruction": "--instruction",
-          "long_documents": "--long-documents", "format": "--format", "query_field": "--query-field",
-          "document_field": "--document-field", "id_field": "--id-field", "documents_field": "--documents-field",
-          "shard": "--shard", "chunk_size": "--chunk-size (it decides a shard's rows)"}
+          "long_documents": "--long-documents", "calibration": "--calibration", "format": "--format",
+          "query_field": "--query-field", "document_field": "--document-field", "id_field": "--id-field",
+          "documents_field": "--documents-field", "shard": "--shard",
+          "chunk_size": "--chunk-size (it decides a shard's rows)"}
 
 
 def manifest_path(output_path: str | os.PathLike) -> Path:
@@ -61,18 +63,19 @@ class Manifest:
         ``input_fingerprint`` replaces ``fingerprint(input_path, format)`` (an input that is not one local file).
         """
         template = reranker.template
-        content = json.dumps(dataclasses.asdict(template), sort_keys=True).encode()
         settings = {
             "model": _model_name(reranker.engine),
             # Engines score the same settings differently (vLLM's pooling renormalises over the labels;
             # top log-probabilities miss labels outside them): a resume keeps both.
             "engine": reranker.engine.kind,
             "scoring_method": reranker.engine.scoring_method,
-            "template": {"name": template.name, "sha256": hashlib.sha256(content).hexdigest()},
+            "template": {"name": template.name, "sha256": template_sha256(template)},
             "max_length": reranker.builder.max_length,
             "normalize": reranker.normalize,
             "instruction": reranker.instruction,
             "long_documents": reranker.long_documents,
+            "calibration": None if reranker.calibration is None else {
+                "path": reranker.calibration.source, "sha256": reranker.calibration.digest},
             "format": format,
             "query_field": fields.query,
             "document_field": fields.document,
@@ -139,6 +142,10 @@ class Manifest:
                                f"now {new['sha256'][:12]}...)")
             elif key == "template":
                 changed.append(f"--template was {_shown(old and old['name'])}, now {_shown(new['name'])}")
+            elif key == "calibration" and (old or {}).get("sha256") == (new or {}).get("sha256"):
+                continue  # the same map, read from another path
+            elif key == "calibration":
+                changed.append(f"{name} was {_calibration(old)}, now {_calibration(new)}")
             elif key == "normalize":
                 changed.append(f"{name} was {'on' if old else 'off'}, now {'on' if new else 'off'}")
             elif key == "shard":
@@ -191,6 +198,10 @@ def _input_change(old: dict[str, Any], new: dict[str, Any]) -> str:
 
 def _count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else "unknown"
+
+
+def _calibration(value: dict[str, Any] | None) -> str:
+    return "not set" if value is None else f"{value.get('path')!r} (sha256 {str(value.get('sha256'))[:12]}...)"
 
 
 def _shown(value: Any) -> str:

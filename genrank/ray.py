@@ -80,7 +80,8 @@ class _Scorer:
         list_mode = self.fields.documents is not None
         rows = [io.parse_row(record, None, f"id {record.get(self.fields.id)!r}", self.fields)
                 for record in batch.to_pylist()]
-        schema = io.output_schema(batch.schema.field(self.fields.id).type, list_mode)
+        schema = io.output_schema(batch.schema.field(self.fields.id).type, list_mode,
+                                  probability=self.reranker.calibration is not None)
         scored = pa.Table.from_pylist(score_rows(self.reranker, rows, list_mode), schema=schema)
         return scored.rename_columns([self.fields.id, *schema.names[1:]])  # the id keeps its column name
 

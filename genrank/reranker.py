@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm.auto import tqdm
 
+from .calibration import Calibration, fitted_for, load_calibration, score_settings
 from .engines import Engine, LabelLogprobs, make_engine
 from .errors import GenrankError, InputError
 from .prompts import LongDocuments, PromptBuilder, Prompts
@@ -42,6 +43,7 @@ class ScoredPairs:
 
     ``score`` is the expected label value (1-7 for lb-reranker); ``relevance`` is the same on
     [0, 1], ``(score - lowest label value) / (highest - lowest)``, the scale rerank services report.
+    ``probability`` is P(relevant) from the Reranker's calibration (None without one).
     """
 
     score: np.ndarray  # (N,) float64
@@ -52,6 +54,7 @@ class ScoredPairs:
     relevance: np.ndarray | None = None  # (N,) float64 on [0, 1]
     altered: np.ndarray | None = None  # (N,) bool: special-token text in the content was neutralised
     windows: np.ndarray | None = None  # (N,) int: prompts per pair (long_documents="chunks")
+    probability: np.ndarray | None = None  # (N,) float64: calibrated P(relevant), with a calibration
 
     def __len__(self) -> int:
         return len(self.score)
@@ -68,7 +71,9 @@ class Reranker:
     the engine's constructor. ``normalize=False`` uses the lb-reranker card's formula (label
     probabilities not renormalised) to reproduce published numbers. ``long_documents`` is what
     happens to a document too long for ``max_length``: ``"truncate"`` cuts it, ``"chunks"`` scores
-    each window of it and keeps the best window's score.
+    each window of it and keeps the best window's score. ``calibration`` (a ``CALIB.json`` from
+    ``genrank calibrate``) adds P(relevant) to every result; one fitted for another recipe or other
+    score settings is refused, and one fitted for another model unless ``allow_other_model``.
 
     Every method has an async twin (``arank``, ``arerank``, ``ascore``, ``ascore_details``): a
     remote engine runs on the caller's event loop, an in-process one on a worker thread, one call
@@ -83,8 +88,10 @@ class Reranker:
                  template: str | Path | Template = DEFAULT_TEMPLATE, max_length: int = 1024,
                  normalize: bool | None = None, instruction: str | None = None,
                  long_documents: LongDocuments = "truncate", chunk_size: int = 4096, show_progress: bool = False,
+                 calibration: str | Path | Calibration | None = None, allow_other_model: bool = False,
                  **engine_options: Any):
         self.template = load_template(template)
+        calibration = None if calibration is None else load_calibration(calibration)  # before the model loads
         if instruction is not None:
             if not self.template.takes_instruction:
                 raise InputError(f"template {self.template.name!r} takes no instruction; "
@@ -93,6 +100,10 @@ class Reranker:
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         check_long_documents(long_documents)
+        if calibration is not None:  # a calibration for other settings is refused before the model loads
+            calibration.check_settings(score_settings(
+                self.template, instruction=instruction, max_length=max_length, long_documents=long_documents,
+                normalize=self.template.normalize if normalize is None else normalize))
         self.engine = make_engine(engine, model or self.template.default_model, **engine_options)
         self._owns_engine = isinstance(engine, str)  # made here: closed here
         self._closed, self._closing = False, threading.Lock()
@@ -118,6 +129,14 @@ class Reranker:
         self.long_documents = long_documents
         self.chunk_size = chunk_size
         self.show_progress = show_progress
+        if calibration is not None:
+            try:
+                calibration.check_model(fitted_for(self)["model"], allow_other_model=allow_other_model)
+            except BaseException:
+                if self._owns_engine:
+                    self.engine.close()
+                raise
+        self.calibration: Calibration | None = calibration
         self._calls_in_flight = calls
         # An engine that cannot take concurrent calls gets one at a time, from any thread; async callers
         # queue on the Reranker's own engine thread (a cancelled caller's call is dropped), not on the
@@ -180,10 +199,15 @@ class Reranker:
         return self.score(query_pairs(query, documents))
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-             return_documents: bool = False) -> list[dict[str, Any]]:
-        """``[{"corpus_id", "score"(, "text")}]`` best first, like sentence-transformers' CrossEncoder.rank."""
+             return_documents: bool = False, *, min_relevance: float | None = None,
+             min_probability: float | None = None) -> list[dict[str, Any]]:
+        """``[{"corpus_id", "score"(, "probability")(, "text")}]`` best first, like sentence-transformers'
+        CrossEncoder.rank; ``probability`` with a calibration. Candidates whose relevance is below
+        ``min_relevance``, or (with a calibration) whose probability is below ``min_probability``, are dropped."""
         check_top_k(top_k)
-        return _ranking(self.rerank(query, documents), documents, top_k, return_documents)
+        floors = self._floors(min_relevance, min_probability)
+        return _ranking(_checked(self.score_details(query_pairs(query, documents))), documents, top_k,
+                        return_documents, floors)
 
     def score_details(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None, *,
                       long_documents: LongDocuments | None = None,
@@ -247,7 +271,8 @@ class Reranker:
         if zero_mass:
             warn_zero_mass(zero_mass, len(score), min(self.template.values) if self.normalize else 0.0)
         return ScoredPairs(score, mass, truncated, errors, zero_mass,
-                           unit_interval(score, self.template.values), altered, windows)
+                           unit_interval(score, self.template.values), altered, windows,
+                           None if self.calibration is None else self.calibration.probability(score))
 
     def score_stream(self, items: Iterable[tuple[T, Prompts | None]]) -> Iterator[tuple[T, ScoredPairs | None]]:
         """``(key, scores)`` for each ``(key, prompts)``, in order; None passes through as None.
@@ -286,10 +311,13 @@ class Reranker:
         return await self.ascore(query_pairs(query, documents))
 
     async def arank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-                    return_documents: bool = False) -> list[dict[str, Any]]:
+                    return_documents: bool = False, *, min_relevance: float | None = None,
+                    min_probability: float | None = None) -> list[dict[str, Any]]:
         """``rank`` for async code."""
         check_top_k(top_k)
-        return _ranking(await self.arerank(query, documents), documents, top_k, return_documents)
+        floors = self._floors(min_relevance, min_probability)
+        return _ranking(_checked(await self.ascore_details(query_pairs(query, documents))), documents, top_k,
+                        return_documents, floors)
 
     async def ascore_details(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None,
                              *, long_documents: LongDocuments | None = None,
@@ -335,6 +363,18 @@ class Reranker:
         queries, documents = split_pairs(pairs)
         return _Chunks(self.builder, queries, documents, self._instructions(instructions, len(queries)),
                        self._options(long_documents, max_document_tokens), self.chunk_size)
+
+    def _floors(self, min_relevance: float | None, min_probability: float | None) -> dict[str, float]:
+        """The checked thresholds of ``rank``: ScoredPairs field -> lowest value kept."""
+        if min_probability is not None and self.calibration is None:
+            raise InputError("min_probability needs a calibration: Reranker(..., calibration='CALIB.json') "
+                             "(see genrank calibrate); min_relevance works without one")
+        floors = {"relevance": min_relevance, "probability": min_probability}
+        for name, value in floors.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 <= value <= 1):
+                raise InputError(f"min_{name} must be a number from 0 to 1, got {value!r}")
+        return {name: float(value) for name, value in floors.items() if value is not None}
 
     def _options(self, long_documents: LongDocuments | None, max_document_tokens: int | None) -> dict[str, Any]:
         return {"long_documents": check_long_documents(long_documents or self.long_documents),
@@ -421,10 +461,16 @@ def _checked(result: ScoredPairs) -> ScoredPairs:
     return result
 
 
-def _ranking(scores: np.ndarray, documents: Sequence[str], top_k: int | None,
-             return_documents: bool) -> list[dict[str, Any]]:
-    order = best_first(scores, top_k)
-    return [{"corpus_id": int(i), "score": float(scores[i]), **({"text": documents[i]} if return_documents else {})}
+def _ranking(scored: ScoredPairs, documents: Sequence[str], top_k: int | None, return_documents: bool,
+             floors: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    keep = np.ones(len(scored), dtype=bool)
+    for name, floor in (floors or {}).items():
+        keep &= getattr(scored, name) >= floor
+    order = [i for i in best_first(scored.score) if keep[i]][:top_k]
+    probability = scored.probability
+    return [{"corpus_id": int(i), "score": float(scored.score[i]),
+             **({"probability": float(probability[i])} if probability is not None else {}),
+             **({"text": documents[i]} if return_documents else {})}
             for i in order]
 
 
@@ -462,7 +508,8 @@ def _concat(parts: list[ScoredPairs]) -> ScoredPairs:
     if any(p.windows is not None for p in parts):
         windows = np.concatenate([p.windows if p.windows is not None else np.ones(len(p), dtype=np.int64)
                                   for p in parts])
+    probability = None if parts[0].probability is None else np.concatenate([p.probability for p in parts])
     return ScoredPairs(np.concatenate([p.score for p in parts]), np.concatenate([p.label_mass for p in parts]),
                        np.concatenate([p.truncated for p in parts]), errors, sum(p.zero_mass for p in parts),
                        np.concatenate([p.relevance for p in parts]), np.concatenate([p.altered for p in parts]),
-                       windows)
+                       windows, probability)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import string
 import sys
 from dataclasses import dataclass
@@ -150,3 +153,9 @@ def _from_dict(data: dict, source: str) -> Template:
         description=str(data.get("description", "")),
         default_model=data.get("default_model"),
     )
+
+
+def template_sha256(template: Template) -> str:
+    """SHA-256 of a template's content: tells an edited template from the one a file was made with."""
+    content = json.dumps(dataclasses.asdict(template), sort_keys=True).encode()
+    return hashlib.sha256(content).hexdigest()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import evaluate, rank, score, serve, templates
+from . import calibrate, evaluate, rank, score, serve, templates
 from .common import CliError, HelpFormatter, is_refusal
 
-COMMANDS = (rank, score, evaluate, serve, templates)
+COMMANDS = (rank, score, evaluate, calibrate, serve, templates)
 
 
 def build_parser() -> argparse.ArgumentParser:

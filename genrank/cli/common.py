@@ -70,11 +70,23 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                         "(default: none)")
 
 
+def add_calibration_options(p: argparse.ArgumentParser) -> None:
+    """--calibration and --allow-other-model, for the commands that report scores."""
+    g = p.add_argument_group("calibration")
+    g.add_argument("--calibration", default=None, metavar="CALIB.json",
+                   help="a calibration from genrank calibrate: adds the probability that each pair is relevant "
+                        "(default: none)")
+    g.add_argument("--allow-other-model", action="store_true",
+                   help="use a calibration fitted for another model name (the recipe and score settings must "
+                        "still match)")
+
+
 # Reranker arguments that have their own flag (or none): --engine-arg must not set them.
 _NOT_ENGINE_OPTIONS = {"model": "--model", "engine": "--engine", "template": "--template",
                        "max_length": "--max-length", "long_documents": "--long-documents",
                        "instruction": "--instruction", "normalize": "--card-formula",
-                       "base_url": "--base-url", "chunk_size": None, "show_progress": None}
+                       "base_url": "--base-url", "chunk_size": None, "show_progress": None,
+                       "calibration": "--calibration", "allow_other_model": "--allow-other-model"}
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -98,11 +110,13 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def reranker_from_args(args: argparse.Namespace, **overrides: Any) -> Reranker:
     """The Reranker the options describe; a model that cannot be read (OSError: not found, no access) is a CliError."""
-    options = engine_options(args)
+    calibration = {"calibration": args.calibration, "allow_other_model": args.allow_other_model} \
+        if getattr(args, "calibration", None) else {}  # only commands with add_calibration_options have them
     try:
         return Reranker(args.model, engine=args.engine, template=args.template, max_length=args.max_length,
                         long_documents=args.long_documents, instruction=args.instruction,
-                        normalize=False if args.card_formula else None, **options, **overrides)
+                        normalize=False if args.card_formula else None, **engine_options(args), **calibration,
+                        **overrides)
     except OSError as e:
         raise CliError(f"cannot load the model: {e}") from e
 

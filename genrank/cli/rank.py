@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import CliError, HelpFormatter, add_model_options, reranker_from_args
+from .common import CliError, HelpFormatter, add_calibration_options, add_model_options, reranker_from_args
 
 
 def read_documents(path: str) -> list[str]:
@@ -47,17 +47,23 @@ def read_documents(path: str) -> list[str]:
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
+    if args.min_probability is not None and args.calibration is None:
+        raise CliError("--min-probability needs --calibration (a CALIB.json from genrank calibrate)")
     docs = read_documents(args.docs)
     with reranker_from_args(args) as reranker:
-        ranking = reranker.rank(args.query, docs, top_k=args.top_k, return_documents=True)
+        ranking = reranker.rank(args.query, docs, top_k=args.top_k, return_documents=True,
+                                min_relevance=args.min_relevance, min_probability=args.min_probability)
     if args.json:
         for row in ranking:
             print(json.dumps(row, ensure_ascii=False))
         return 0
-    print(f"{'rank':>4}  {'score':>7}  {'id':>4}  document")
+    calibrated = args.calibration is not None
+    print(f"{'rank':>4}  {'score':>7}  " + (f"{'P(rel)':>7}  " if calibrated else "") + f"{'id':>4}  document")
     for n, row in enumerate(ranking, 1):
         text = " ".join(row["text"].split())
-        print(f"{n:>4}  {row['score']:>7.4f}  {row['corpus_id']:>4}  {text[:100] + ('…' if len(text) > 100 else '')}")
+        probability = f"{row['probability']:>7.4f}  " if calibrated else ""
+        print(f"{n:>4}  {row['score']:>7.4f}  {probability}{row['corpus_id']:>4}  "
+              f"{text[:100] + ('…' if len(text) > 100 else '')}")
     return 0
 
 
@@ -68,5 +74,10 @@ def add_command(sub: Any) -> None:
                    help="documents: .txt (one per line), .jsonl or .json; - for standard input")
     p.add_argument("--top-k", "-k", type=int, default=None, help="show only the best K (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.add_argument("--min-relevance", type=float, default=None,
+                   help="show only documents with at least this relevance on [0, 1] (default: all)")
+    p.add_argument("--min-probability", type=float, default=None,
+                   help="with --calibration: show only documents at least this likely to be relevant (default: all)")
     add_model_options(p)
+    add_calibration_options(p)
     p.set_defaults(func=cmd_rank)

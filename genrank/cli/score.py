@@ -11,7 +11,8 @@ from typing import Any
 from .. import io
 from ..batch import score_file
 from ..errors import GenrankError
-from .common import CliError, HelpFormatter, add_model_options, is_refusal, require, reranker_from_args
+from .common import (CliError, HelpFormatter, add_calibration_options, add_model_options, is_refusal, require,
+                     reranker_from_args)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -88,9 +89,9 @@ def add_command(sub: Any) -> None:
     p = sub.add_parser(
         "score", formatter_class=HelpFormatter, help="score a JSONL, CSV or Parquet file of pairs (resumable, sharded)",
         description="Score every (query, document) pair of INPUT into OUTPUT (same format): the input's ids "
-                    "plus score and label_mass, and error for rows that could not be scored. Rerun on the "
-                    "same OUTPUT with the same settings to resume after an interruption. Exits 1 if any pair "
-                    "failed, 2 on an error (the rows done are kept).")
+                    "plus score and label_mass (and probability with --calibration), and error for rows that "
+                    "could not be scored. Rerun on the same OUTPUT with the same settings to resume after an "
+                    "interruption. Exits 1 if any pair failed, 2 on an error (the rows done are kept).")
     p.add_argument("input", help="input file: .jsonl, .csv or .parquet")
     p.add_argument("--output", "-o", required=True,
                    help="output file, in the input's format (Parquet: built in OUTPUT.parts/, merged at the end), "
@@ -125,4 +126,5 @@ def add_command(sub: Any) -> None:
     g.add_argument("--concurrency", type=int, default=1, help="number of engine actors")
     g.add_argument("--num-cpus", type=float, default=None, help="CPUs per engine actor (default: Ray's, 1)")
     add_model_options(p)
+    add_calibration_options(p)
     p.set_defaults(func=cmd_score)

@@ -8,7 +8,9 @@ import os
 import sys
 from typing import Any
 
-from .common import CliError, HelpFormatter, add_model_options, engine_options, require, reranker_from_args
+from ..calibration import load_calibration
+from .common import (CliError, HelpFormatter, add_calibration_options, add_model_options, engine_options, require,
+                     reranker_from_args)
 
 KEYS_VARIABLE = "GENRANK_SERVE_API_KEY"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -28,6 +30,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ..serve import ServeSettings, serve
 
     engine_options(args)  # option errors now, not after the server has started
+    if args.calibration is not None:
+        load_calibration(args.calibration)  # a bad file too (whether it fits the model is checked when it loads)
     settings = ServeSettings(model_name=args.served_model_name, api_keys=api_keys(args),
                              max_batch_pairs=args.max_batch_pairs, batch_wait=args.batch_wait_ms / 1000,
                              max_documents=args.max_documents, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
@@ -45,7 +49,9 @@ def add_command(sub: Any) -> None:
         "serve", formatter_class=HelpFormatter, help="serve a rerank HTTP API (Cohere, Jina, text-embeddings-inference)",
         description="Serve POST /v2/rerank (Cohere v2), /v1/rerank (Jina, Cohere v1) and /rerank "
                     "(text-embeddings-inference when the body has texts, else Jina), plus GET /health, /v1/models, "
-                    "/metrics and the OpenAPI docs at /docs. relevance_score is on [0, 1]. Pairs of concurrent "
+                    "/metrics and the OpenAPI docs at /docs. relevance_score is on [0, 1]; with --calibration it "
+                    "is the calibrated probability that the document is relevant (the genrank block keeps the "
+                    "uncalibrated relevance), and requests may send min_relevance. Pairs of concurrent "
                     "requests are scored together. SIGTERM stops accepting, finishes the requests in flight "
                     "and exits 0. Needs pip install 'genrank[serve]'.")
     g = p.add_argument_group("server")
@@ -72,4 +78,5 @@ def add_command(sub: Any) -> None:
     b.add_argument("--request-timeout", type=float, default=60.0,
                    help="seconds a request may take before it is dropped with 504")
     add_model_options(p)
+    add_calibration_options(p)
     p.set_defaults(func=cmd_serve)

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..calibration import Calibration
 from ..reranker import Reranker
 from ..templates import DEFAULT_TEMPLATE
-from . import LABEL_MASS_KEY, SCORE_KEY, Hit, arank_texts, framework_error, rank_texts
+from . import Hit, adapter_calibration, arank_texts, framework_error, rank_texts
 
 try:
     from haystack import Document, component, default_from_dict, default_to_dict
@@ -36,7 +37,10 @@ class GenrankRanker:
     value and ``meta["genrank_label_mass"]`` the label mass. Returned documents are copies. As in
     Haystack's SentenceTransformersSimilarityRanker, documents are first deduplicated by id
     (keeping the one with the highest score), ``meta_fields_to_embed`` are joined before the
-    content with ``embedding_separator``, and ``score_threshold`` drops documents below it.
+    content with ``embedding_separator``, and ``score_threshold`` (genrank's ``min_relevance``)
+    drops documents below it. With ``calibration`` (the path of a CALIB.json from genrank
+    calibrate) ``Document.score`` is the calibrated probability that the document is relevant and
+    ``meta["genrank_relevance"]`` the uncalibrated relevance.
 
     The Reranker is built from the init arguments (model, engine, template, ...) in ``warm_up``
     (``self.reranker`` is None until then), so a pipeline with this component saves to YAML and
@@ -49,7 +53,8 @@ class GenrankRanker:
                  template: str | Path = DEFAULT_TEMPLATE, max_length: int = 1024, instruction: str | None = None,
                  engine_options: dict[str, Any] | None = None, api_key: Secret | None = None, top_k: int = 10,
                  meta_fields_to_embed: list[str] | None = None, embedding_separator: str = "\n",
-                 score_threshold: float | None = None):
+                 score_threshold: float | None = None, calibration: str | None = None,
+                 allow_other_model: bool = False):
         """
         :param model: Model id or path; None takes the template's default model.
         :param engine: Engine name: "auto", "hf", "vllm", "lmdeploy" or "openai".
@@ -61,7 +66,10 @@ class GenrankRanker:
         :param top_k: The most documents to return.
         :param meta_fields_to_embed: Metadata fields to score with the content, before it.
         :param embedding_separator: Separator between those fields and the content.
-        :param score_threshold: Return only documents with at least this relevance.
+        :param score_threshold: Return only documents with at least this relevance (the calibrated probability
+            with a calibration).
+        :param calibration: Path of a calibration file (genrank calibrate) to report probabilities with.
+        :param allow_other_model: Use a calibration fitted for another model name.
         """
         if not isinstance(engine, str):
             raise TypeError(f"engine must be an engine name (auto, hf, vllm, lmdeploy, openai), got "
@@ -80,7 +88,10 @@ class GenrankRanker:
         self.meta_fields_to_embed = list(meta_fields_to_embed or [])
         self.embedding_separator = embedding_separator
         self.score_threshold = score_threshold
+        self.calibration = None if calibration is None else str(calibration)
+        self.allow_other_model = allow_other_model
         self.reranker: Reranker | None = None
+        self._calibration: Calibration | None = None
 
     def warm_up(self) -> None:
         """Load the model (once)."""
@@ -89,6 +100,8 @@ class GenrankRanker:
             options = {**self.engine_options, **({"api_key": key} if key else {})}
             self.reranker = Reranker(self.model, engine=self.engine, template=self.template,
                                      max_length=self.max_length, instruction=self.instruction, **options)
+        if self._calibration is None:
+            self._calibration = adapter_calibration(self.reranker, self.calibration, self.allow_other_model)
 
     def close(self) -> None:
         """Close the Reranker ``warm_up`` built (its engine's connections and threads); a later run builds another."""
@@ -103,7 +116,8 @@ class GenrankRanker:
             instruction=self.instruction, engine_options=self.engine_options,
             api_key=self.api_key.to_dict() if self.api_key is not None else None, top_k=self.top_k,
             meta_fields_to_embed=self.meta_fields_to_embed, embedding_separator=self.embedding_separator,
-            score_threshold=self.score_threshold)
+            score_threshold=self.score_threshold, calibration=self.calibration,
+            allow_other_model=self.allow_other_model)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> GenrankRanker:
@@ -127,8 +141,8 @@ class GenrankRanker:
         if not unique:
             return {"documents": []}
         self.warm_up()
-        return {"documents": _ranked(unique, rank_texts(self.reranker, query, self._texts(unique), None),
-                                     top_k, threshold)}
+        return {"documents": _ranked(unique, rank_texts(self.reranker, query, self._texts(unique), None,
+                                                        self._calibration, threshold), top_k)}
 
     @component.output_types(documents=list[Document])
     async def run_async(self, query: str, documents: list[Document], top_k: int | None = None,
@@ -138,8 +152,8 @@ class GenrankRanker:
         if not unique:
             return {"documents": []}
         self.warm_up()
-        return {"documents": _ranked(unique, await arank_texts(self.reranker, query, self._texts(unique), None),
-                                     top_k, threshold)}
+        hits = await arank_texts(self.reranker, query, self._texts(unique), None, self._calibration, threshold)
+        return {"documents": _ranked(unique, hits, top_k)}
 
     def _prepare(self, documents: list[Document], top_k: int | None,
                  score_threshold: float | None) -> tuple[int, float | None, list[Document]]:
@@ -156,11 +170,9 @@ class GenrankRanker:
         return texts
 
 
-def _ranked(documents: list[Document], hits: list[Hit], top_k: int, threshold: float | None) -> list[Document]:
-    ranked = [replace(documents[h.index], score=h.relevance,
-                      meta={**documents[h.index].meta, SCORE_KEY: h.score, LABEL_MASS_KEY: h.label_mass})
-              for h in hits if threshold is None or h.relevance >= threshold]
-    return ranked[:top_k]
+def _ranked(documents: list[Document], hits: list[Hit], top_k: int) -> list[Document]:
+    return [replace(documents[h.index], score=h.relevance, meta={**documents[h.index].meta, **h.metadata()})
+            for h in hits[:top_k]]
 
 
 def _deduplicated(documents: list[Document]) -> list[Document]:

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from copy import deepcopy
+from pathlib import Path
 
+from ..calibration import Calibration
 from ..reranker import Reranker
-from . import LABEL_MASS_KEY, SCORE_KEY, Hit, arank_texts, framework_error, rank_texts
+from . import Hit, adapter_calibration, arank_texts, framework_error, rank_texts
 
 try:
     from langchain_core.callbacks import Callbacks
     from langchain_core.documents import BaseDocumentCompressor, Document
-    from pydantic import ConfigDict, Field
+    from pydantic import ConfigDict, Field, PrivateAttr, SkipValidation, model_validator
 except ImportError as e:
     raise framework_error("langchain", "langchain-core", "langchain") from e
 
@@ -30,22 +32,37 @@ class GenrankRerank(BaseDocumentCompressor):
     Like LangChain's CohereRerank, each returned document is a copy whose metadata gains
     ``relevance_score`` (relevance on [0, 1]), plus ``genrank_score`` (the expected label value)
     and ``genrank_label_mass``; the caller's documents are not changed. The text scored is
-    ``page_content``; empty texts are scored too.
+    ``page_content``; empty texts are scored too. With a calibration (``calibration=``, or the
+    Reranker's own) ``relevance_score`` is the calibrated probability that the document is
+    relevant and ``genrank_relevance`` the uncalibrated relevance.
     """
 
     reranker: Reranker
     """The genrank Reranker that scores the documents."""
     top_n: int | None = Field(default=3, ge=1)
     """Number of documents to return; None returns them all."""
+    calibration: SkipValidation[str | Path | Calibration | None] = None
+    """A calibration (CALIB.json from genrank calibrate) to report probabilities with (default: the Reranker's)."""
+    allow_other_model: bool = False
+    """Use a calibration fitted for another model name."""
+    min_relevance: float | None = Field(default=None, ge=0, le=1)
+    """Drop documents whose relevance_score is below this."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    _calibration: Calibration | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _load_calibration(self) -> GenrankRerank:
+        self._calibration = adapter_calibration(self.reranker, self.calibration, self.allow_other_model)
+        return self
 
     def compress_documents(self, documents: Sequence[Document], query: str,
                            callbacks: Callbacks | None = None) -> Sequence[Document]:
         """The best ``top_n`` documents for ``query``, best first, scores in their metadata."""
         if not documents:
             return []
-        hits = rank_texts(self.reranker, query, [d.page_content for d in documents], self.top_n)
+        hits = rank_texts(self.reranker, query, [d.page_content for d in documents], self.top_n, self._calibration,
+                          self.min_relevance)
         return [_scored(documents[hit.index], hit) for hit in hits]
 
     async def acompress_documents(self, documents: Sequence[Document], query: str,
@@ -53,13 +70,13 @@ class GenrankRerank(BaseDocumentCompressor):
         """``compress_documents`` on the Reranker's async API."""
         if not documents:
             return []
-        hits = await arank_texts(self.reranker, query, [d.page_content for d in documents], self.top_n)
+        hits = await arank_texts(self.reranker, query, [d.page_content for d in documents], self.top_n,
+                                 self._calibration, self.min_relevance)
         return [_scored(documents[hit.index], hit) for hit in hits]
 
 
 def _scored(document: Document, hit: Hit) -> Document:
-    metadata = {**deepcopy(document.metadata), "relevance_score": hit.relevance, SCORE_KEY: hit.score,
-                LABEL_MASS_KEY: hit.label_mass}
+    metadata = {**deepcopy(document.metadata), "relevance_score": hit.relevance, **hit.metadata()}
     return document.model_copy(update={"metadata": metadata})
 
 

@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from typing import Any
 
+from ..calibration import Calibration
 from ..reranker import Reranker
-from . import LABEL_MASS_KEY, SCORE_KEY, Hit, arank_texts, framework_error, rank_texts
+from . import Hit, adapter_calibration, arank_texts, framework_error, rank_texts
 
 try:
     from llama_index.core.bridge.pydantic import Field, PrivateAttr
@@ -38,7 +40,10 @@ class GenrankRerank(BaseNodePostprocessor):
     ``keep_retrieval_score`` keeps the retriever's score in ``metadata["retrieval_score"]``.
     ``NodeWithScore.score`` is the relevance on [0, 1]; ``genrank_score`` (the expected label
     value) and ``genrank_label_mass`` go into the node's metadata, hidden from the LLM and
-    embedding text. Returned nodes are copies: the caller's nodes are not changed.
+    embedding text. Returned nodes are copies: the caller's nodes are not changed. With a
+    calibration (``calibration=``, or the Reranker's own) the score is the calibrated probability
+    that the node is relevant, and ``genrank_relevance`` the uncalibrated relevance;
+    ``min_relevance`` drops nodes scored below it.
     """
 
     top_n: int = Field(default=2, ge=1, description="Number of nodes to return, best first.")
@@ -46,15 +51,20 @@ class GenrankRerank(BaseNodePostprocessor):
                                         description="Which metadata goes into the text that is scored.")
     keep_retrieval_score: bool = Field(default=False,
                                        description="Keep the retrieval score in metadata['retrieval_score'].")
+    min_relevance: float | None = Field(default=None, ge=0, le=1,
+                                        description="Drop nodes whose score is below this.")
     _reranker: Reranker = PrivateAttr()
+    _calibration: Calibration | None = PrivateAttr(default=None)
 
     def __init__(self, reranker: Reranker, top_n: int = 2, metadata_mode: MetadataMode = MetadataMode.EMBED,
-                 keep_retrieval_score: bool = False, **kwargs: Any):
+                 keep_retrieval_score: bool = False, *, calibration: str | os.PathLike | Calibration | None = None,
+                 allow_other_model: bool = False, min_relevance: float | None = None, **kwargs: Any):
         if not isinstance(reranker, Reranker):
             raise TypeError(f"reranker must be a genrank Reranker, got {type(reranker).__name__}")
         super().__init__(top_n=top_n, metadata_mode=metadata_mode, keep_retrieval_score=keep_retrieval_score,
-                         **kwargs)
+                         min_relevance=min_relevance, **kwargs)
         self._reranker = reranker
+        self._calibration = adapter_calibration(reranker, calibration, allow_other_model)
 
     @classmethod
     def class_name(cls) -> str:
@@ -71,7 +81,8 @@ class GenrankRerank(BaseNodePostprocessor):
         if not nodes:
             return []
         with self._start(nodes, query_bundle) as event:
-            hits = rank_texts(self._reranker, query, self._texts(nodes), self.top_n)
+            hits = rank_texts(self._reranker, query, self._texts(nodes), self.top_n, self._calibration,
+                              self.min_relevance)
             return self._end(event, [self._scored(nodes[hit.index], hit) for hit in hits])
 
     async def _apostprocess_nodes(self, nodes: list[NodeWithScore],
@@ -80,7 +91,8 @@ class GenrankRerank(BaseNodePostprocessor):
         if not nodes:
             return []
         with self._start(nodes, query_bundle) as event:
-            hits = await arank_texts(self._reranker, query, self._texts(nodes), self.top_n)
+            hits = await arank_texts(self._reranker, query, self._texts(nodes), self.top_n, self._calibration,
+                                     self.min_relevance)
             return self._end(event, [self._scored(nodes[hit.index], hit) for hit in hits])
 
     def _texts(self, nodes: list[NodeWithScore]) -> list[str]:
@@ -102,7 +114,7 @@ class GenrankRerank(BaseNodePostprocessor):
 
     def _scored(self, item: NodeWithScore, hit: Hit) -> NodeWithScore:
         node = item.node
-        added = {SCORE_KEY: hit.score, LABEL_MASS_KEY: hit.label_mass}
+        added: dict[str, Any] = hit.metadata()
         if self.keep_retrieval_score:
             added[RETRIEVAL_SCORE_KEY] = item.score
         copy = node.model_copy(update={

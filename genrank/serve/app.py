@@ -47,11 +47,20 @@ class Ranking:
     scored: ScoredPairs | None
     prompt_tokens: int
 
-    def order(self, top_n: int | None) -> list[int]:
-        """Document indices best first (ties in input order), the best ``top_n`` (None or 0: all)."""
+    @property
+    def relevance(self) -> np.ndarray:
+        """The relevance each document is reported with: the calibrated probability with --calibration."""
+        return self.scored.relevance if self.scored.probability is None else self.scored.probability
+
+    def order(self, top_n: int | None, min_relevance: float | None = None) -> list[int]:
+        """Document indices best first (ties in input order), those with at least ``min_relevance``, the
+        best ``top_n`` of them (None or 0: all)."""
         if self.scored is None:
             return []
-        return best_first(self.scored.relevance, top_n or None).tolist()
+        order = best_first(self.scored.relevance)
+        if min_relevance is not None:
+            order = order[self.relevance[order] >= min_relevance]
+        return order[: top_n or None].tolist()
 
 
 class Service:
@@ -183,16 +192,19 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def _results(ranking: Ranking, top_n: int | None, documents: list[Any] | None) -> list[dict[str, Any]]:
+def _results(ranking: Ranking, top_n: int | None, documents: list[Any] | None,
+             min_relevance: float | None = None) -> list[dict[str, Any]]:
     """Cohere/Jina results best first; ``documents`` given: each result carries its document."""
     s = ranking.scored
     results = []
-    for i in ranking.order(top_n):
-        item: dict[str, Any] = {"index": i, "relevance_score": float(s.relevance[i])}
+    for i in ranking.order(top_n, min_relevance):
+        item: dict[str, Any] = {"index": i, "relevance_score": float(ranking.relevance[i])}
         if documents is not None:
             doc = documents[i]
             item["document"] = doc if isinstance(doc, dict) else {"text": doc}
         extra = {"score": float(s.score[i]), "label_mass": float(s.label_mass[i]), "truncated": bool(s.truncated[i])}
+        if s.probability is not None:  # relevance_score is the calibrated probability: keep the uncalibrated value
+            extra["relevance"] = float(s.relevance[i])
         if s.windows is not None:
             extra["windows"] = int(s.windows[i])
         item["genrank"] = extra
@@ -273,7 +285,9 @@ def create_app(reranker: Reranker | Callable[[], Reranker], settings: ServeSetti
 
     app = FastAPI(title="genrank serve", version=__version__, lifespan=lifespan,
                   description="Rerank endpoints in the Cohere (v2, v1), Jina and text-embeddings-inference shapes, "
-                              "scored by a generative reranker. relevance_score is on [0, 1].")
+                              "scored by a generative reranker. relevance_score is on [0, 1]; with a calibration "
+                              "(genrank serve --calibration) it is the calibrated probability that the document is "
+                              "relevant.")
     app.state.service = service
 
     @app.exception_handler(ApiError)
@@ -297,14 +311,14 @@ def create_app(reranker: Reranker | Callable[[], Reranker], settings: ServeSetti
         ranking = await service.rank(request, body.query, body.documents, field="documents",
                                      max_document_tokens=body.max_tokens_per_doc)
         return JSONResponse(_rerank_body(ranking, "2", _results(
-            ranking, body.top_n, body.documents if body.return_documents else None)))
+            ranking, body.top_n, body.documents if body.return_documents else None, body.min_relevance)))
 
     @app.post("/v1/rerank", summary="Jina / Cohere v1 rerank", responses={200: {"model": RerankResponse}, **_ERRORS})
     async def rerank_v1(body: JinaRequest, request: Request) -> JSONResponse:
         ranking = await service.rank(request, body.query, body.texts(), field="documents",
                                      max_document_tokens=body.max_tokens_per_doc)
         return JSONResponse(_rerank_body(ranking, "1", _results(
-            ranking, body.top_n, body.documents if body.return_documents else None)))
+            ranking, body.top_n, body.documents if body.return_documents else None, body.min_relevance)))
 
     @app.post("/rerank", summary="text-embeddings-inference rerank (a body with texts), else Jina",
               openapi_extra=_RERANK_BODY, responses={200: {"model": list[TEIResult] | RerankResponse}, **_ERRORS})
@@ -317,8 +331,8 @@ def create_app(reranker: Reranker | Callable[[], Reranker], settings: ServeSetti
                                      refuse_cut=tei.truncate is False)
         s = ranking.scored
         out = []
-        for i in ranking.order(None):
-            item: dict[str, Any] = {"index": i, "score": float(s.score[i] if tei.raw_scores else s.relevance[i])}
+        for i in ranking.order(None, tei.min_relevance):
+            item: dict[str, Any] = {"index": i, "score": float(s.score[i] if tei.raw_scores else ranking.relevance[i])}
             if tei.raw_scores:
                 item["label_mass"] = float(s.label_mass[i])
             if tei.return_text:

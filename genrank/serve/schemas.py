@@ -32,6 +32,9 @@ class CohereV2Request(_Request):
     top_n: int | None = Field(None, ge=0, description="return only the best N (absent or 0: all)")
     return_documents: bool = Field(False, description="include each document's text in its result")
     max_tokens_per_doc: int | None = Field(None, ge=1, description="cut each document to this many tokens first")
+    min_relevance: float | None = Field(None, ge=0, le=1, description=(
+        "return only documents with at least this relevance_score (the calibrated probability when the server "
+        "has --calibration)"))
 
     @field_validator("documents")
     @classmethod
@@ -54,6 +57,9 @@ class JinaRequest(_Request):
     return_documents: bool = Field(False, description="include each document in its result")
     max_tokens_per_doc: int | None = Field(None, ge=1, description="cut each document to this many tokens first")
     rank_fields: list[str] | None = Field(None, description="fields of object documents to score (default: text)")
+    min_relevance: float | None = Field(None, ge=0, le=1, description=(
+        "return only documents with at least this relevance_score (the calibrated probability when the server "
+        "has --calibration)"))
 
     @field_validator("documents", mode="before")
     @classmethod
@@ -96,6 +102,9 @@ class TEIRequest(_Request):
     truncate: bool | None = Field(None, description="true: cut texts that do not fit; false: refuse them (413); "
                                                     "absent: the server's --long-documents")
     truncation_direction: Literal["right", "Right"] = Field("right", description="texts are cut at the end")
+    min_relevance: float | None = Field(None, ge=0, le=1, description=(
+        "return only texts whose relevance on [0, 1] (the calibrated probability when the server has "
+        "--calibration) is at least this, whatever raw_scores"))
 
     @field_validator("texts")
     @classmethod
@@ -111,11 +120,14 @@ class GenrankScores(BaseModel):
     label_mass: float = Field(description="probability the model put on the labels")
     truncated: bool = Field(description="the query or document was cut to fit")
     windows: int | None = Field(None, description="windows the document was scored in (--long-documents chunks)")
+    relevance: float | None = Field(None, description="the uncalibrated relevance on [0, 1], when the server has "
+                                                      "--calibration (relevance_score is then the probability)")
 
 
 class RerankResult(BaseModel):
     index: int = Field(description="the document's position in the request")
-    relevance_score: float = Field(description="relevance on [0, 1]")
+    relevance_score: float = Field(description="relevance on [0, 1]; with --calibration the calibrated probability "
+                                               "that the document is relevant")
     document: dict[str, Any] | None = Field(None, description="{\"text\": ...} (or the object sent), with return_documents")
     genrank: GenrankScores
 
@@ -134,7 +146,8 @@ class TEIResult(BaseModel):
     """One element of the text-embeddings-inference response (a bare array, best first)."""
 
     index: int
-    score: float = Field(description="relevance on [0, 1]; with raw_scores the expected label value")
+    score: float = Field(description="relevance on [0, 1] (with --calibration the calibrated probability); with "
+                                     "raw_scores the expected label value")
     label_mass: float | None = Field(None, description="with raw_scores")
     text: str | None = Field(None, description="with return_text")
 
