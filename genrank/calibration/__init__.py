@@ -9,8 +9,7 @@ diagram (``genrank.calibration.plot``). Applying a calibration needs only numpy;
 scikit-learn, the picture matplotlib (``pip install 'genrank[calibrate]'``).
 """
 
-from .calibrator import (Calibration, CalibrationError, CalibrationWarning, fitted_for, load_calibration,
-                         score_settings)
+from .calibrator import Calibration, CalibrationError, CalibrationWarning, fitted_for, load_calibration, score_settings
 
 __all__ = ["Calibration", "CalibrationError", "CalibrationWarning", "fitted_for", "load_calibration",
            "score_settings"]

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import io
+from ..errors import GenrankError
 from .common import CliError, HelpFormatter, add_model_options, require, reranker_from_args
 
 
@@ -48,7 +49,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"genrank: interrupted; {_kept(work_paths(args.output)[1])}", file=sys.stderr)
         return 130
-    except (ValueError, OSError, ImportError):  # a refusal or bad data: printed by main()
+    except (GenrankError, OSError, ImportError):  # a refusal or bad data: printed by main()
         raise
     except Exception as e:  # the engine stopped the run (e.g. every request rejected the same way)
         raise CliError(f"{e} ({type(e).__name__}); {_kept(work_paths(args.output)[1])}") from e
