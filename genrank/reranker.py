@@ -183,7 +183,7 @@ class Reranker:
             for pairs, result in self.score_stream((p.pairs, p) for p in prefetch(build, spans)):
                 parts.append(result)
                 bar.update(pairs)
-        return _concat(parts) if parts else self.score_logprobs(self.builder.build([], []), _no_logprobs(self))
+        return concat_scored(parts) if parts else self.score_logprobs(self.builder.build([], []), _no_logprobs(self))
 
     def prepare(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None, *,
                 long_documents: LongDocuments | None = None, max_document_tokens: int | None = None) -> Prompts:
@@ -282,7 +282,7 @@ class Reranker:
             prompts = await asyncio.to_thread(self.builder.build, queries[span], documents[span], instructions[span],
                                               **options)
             parts.append(await self.ascore_prompts(prompts))
-        return _concat(parts) if parts else self.score_logprobs(self.builder.build([], []), _no_logprobs(self))
+        return concat_scored(parts) if parts else self.score_logprobs(self.builder.build([], []), _no_logprobs(self))
 
     async def ascore_prompts(self, prompts: Prompts) -> ScoredPairs:
         """``score_prompts`` for async code."""
@@ -382,7 +382,8 @@ def _best_windows(pair_index: np.ndarray, score: np.ndarray, mass: np.ndarray, t
             np.bincount(pair_index, altered, minlength=n) > 0, pair_errors, windows)
 
 
-def _concat(parts: list[ScoredPairs]) -> ScoredPairs:
+def concat_scored(parts: Sequence[ScoredPairs]) -> ScoredPairs:
+    """The outcomes of consecutive batches of pairs as one, in order (pair indices of errors renumbered)."""
     if len(parts) == 1:
         return parts[0]
     errors, offset = {}, 0

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..reranker import check_text
+
+# What the query's check enforces, in the schema: at least one character that is not whitespace.
+_QUERY = {"minLength": 1, "pattern": r"\S"}
 
 
 class _Request(BaseModel):
@@ -27,7 +30,7 @@ class CohereV2Request(_Request):
     """``POST /v2/rerank``: Cohere's v2 rerank request."""
 
     model: str | None = Field(None, description="accepted and ignored: the server scores with its own model")
-    query: str = Field(description="the search query (not blank)")
+    query: str = Field(description="the search query (not blank)", json_schema_extra=_QUERY)
     documents: list[str] = Field(description="the texts to rank")
     top_n: int | None = Field(None, ge=0, description="return only the best N (absent or 0: all)")
     return_documents: bool = Field(False, description="include each document's text in its result")
@@ -39,43 +42,49 @@ class CohereV2Request(_Request):
         return [check_text(d, f"documents[{n}]") for n, d in enumerate(value)]
 
 
+_OBJECT_WITH_TEXT = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+
+
 class JinaRequest(_Request):
     """``POST /v1/rerank`` and ``POST /rerank`` without ``texts``: Jina's and Cohere v1's rerank request.
 
     A document is a string or an object with a string ``text`` (its other fields come back
     with it); with ``rank_fields`` the named fields of each object are scored instead, as
-    ``field: value`` lines.
+    ``field: value`` lines, and objects need no ``text``.
     """
 
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"rank_fields": {"type": "array", "minItems": 1}}, "required": ["rank_fields"]},
+        "else": {"properties": {"documents": {"items": {"anyOf": [{"type": "string"}, _OBJECT_WITH_TEXT]}}}}})
+
     model: str | None = Field(None, description="accepted and ignored: the server scores with its own model")
-    query: str = Field(description="the search query (not blank)")
-    documents: list[str | dict[str, Any]] = Field(description="strings, or objects with a string \"text\"")
+    query: str = Field(description="the search query (not blank)", json_schema_extra=_QUERY)
+    rank_fields: list[str] | None = Field(None, description="fields of object documents to score (default: text)")
+    documents: list[str | dict[str, Any]] = Field(
+        description="strings, or objects with a string \"text\" (without rank_fields) or string values for the "
+                    "rank_fields they hold")
     top_n: int | None = Field(None, ge=0, description="return only the best N (absent or 0: all)")
     return_documents: bool = Field(False, description="include each document in its result")
     max_tokens_per_doc: int | None = Field(None, ge=1, description="cut each document to this many tokens first")
-    rank_fields: list[str] | None = Field(None, description="fields of object documents to score (default: text)")
 
     @field_validator("documents", mode="before")
     @classmethod
-    def _documents(cls, value: Any) -> Any:
+    def _documents(cls, value: Any, info: ValidationInfo) -> Any:
         if not isinstance(value, list):
             return value  # pydantic names the type error
+        rank_fields = info.data.get("rank_fields")
         for n, doc in enumerate(value):
+            if isinstance(doc, dict) and rank_fields:
+                for key in rank_fields:
+                    if key in doc:
+                        check_text(doc[key], f"documents[{n}][{key!r}]")
+                continue
             text = doc.get("text") if isinstance(doc, dict) else doc
             if not isinstance(text, str):
                 raise ValueError(f"documents[{n}] must be a string or an object with a string \"text\", "
                                  f"got {doc!r:.80}")
             check_text(text, f"documents[{n}]" + ('["text"]' if isinstance(doc, dict) else ""))
         return value
-
-    @model_validator(mode="after")
-    def _rank_fields(self) -> JinaRequest:
-        for n, doc in enumerate(self.documents):
-            if isinstance(doc, dict):
-                for key in self.rank_fields or ():
-                    if key in doc:
-                        check_text(doc[key], f"documents[{n}][{key!r}]")
-        return self
 
     def texts(self) -> list[str]:
         """The text scored for each document."""
@@ -88,7 +97,7 @@ class JinaRequest(_Request):
 class TEIRequest(_Request):
     """``POST /rerank`` with ``texts``: text-embeddings-inference's rerank request."""
 
-    query: str = Field(description="the search query (not blank)")
+    query: str = Field(description="the search query (not blank)", json_schema_extra=_QUERY)
     texts: list[str] = Field(description="the texts to rank")
     raw_scores: bool = Field(False, description="score = expected label value (e.g. 1-7) with label_mass, "
                                                 "instead of relevance on [0, 1]")
@@ -145,6 +154,7 @@ class ErrorBody(BaseModel):
     message: str
     type: str
     field: str | None = None
+    detail: str = Field(description="the message again, where FastAPI's own errors have it")
 
 
 __all__ = ["CohereV2Request", "ErrorBody", "JinaRequest", "RerankResponse", "TEIRequest", "TEIResult"]
