@@ -150,8 +150,8 @@ def test_a_timed_out_request_sends_no_more_prompts_to_the_engine(hf_engine):
         return r
 
     r = asyncio.run(_with_app(app, run))
-    assert r.status_code == 504 and r.json()["detail"] == r.json()["message"]
     assert engine.calls == [8]  # the call in progress finished; the other 40 prompts never reached the engine
+    assert r.status_code == 504 and "--request-timeout" in r.json()["message"]
 
 
 def test_a_timed_out_request_stops_building_its_prompts(hf_engine):
