@@ -353,7 +353,8 @@ def create_app(reranker: Reranker | Callable[[], Reranker], settings: ServeSetti
                 "meta": {"api_version": {"version": version}, "tokens": {"input_tokens": tokens, "output_tokens": 0}},
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
-    @app.api_route("/health", methods=["GET", "HEAD"], summary="200 once the model is loaded, 503 before")
+    @app.head("/health", include_in_schema=False)
+    @app.get("/health", summary="200 once the model is loaded, 503 before (HEAD too)")
     async def health() -> JSONResponse:
         if service.reranker is None:
             return error_response(503, "the model is loading", headers={"Retry-After": "5"})

@@ -7,14 +7,27 @@ string, valid Unicode; the query not blank), with errors that name the field and
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..reranker import check_text
 
 # What the query's check enforces, in the schema: at least one character that is not whitespace.
 _QUERY = {"minLength": 1, "pattern": r"\S"}
+
+
+def _integral(value: Any) -> Any:
+    """A float with no fraction as the int it is (JSON Schema's integers include 5.0); else unchanged."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Strict otherwise: "3" and true are not counts.
+Count = Annotated[int, Field(ge=0), BeforeValidator(_integral)]
+PositiveCount = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
+
+_OBJECT_WITH_TEXT = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
 
 
 class _Request(BaseModel):
@@ -32,9 +45,9 @@ class CohereV2Request(_Request):
     model: str | None = Field(None, description="accepted and ignored: the server scores with its own model")
     query: str = Field(description="the search query (not blank)", json_schema_extra=_QUERY)
     documents: list[str] = Field(description="the texts to rank")
-    top_n: int | None = Field(None, ge=0, description="return only the best N (absent or 0: all)")
+    top_n: Count | None = Field(None, description="return only the best N (absent or 0: all)")
     return_documents: bool = Field(False, description="include each document's text in its result")
-    max_tokens_per_doc: int | None = Field(None, ge=1, description="cut each document to this many tokens first")
+    max_tokens_per_doc: PositiveCount | None = Field(None, description="cut each document to this many tokens first")
 
     @field_validator("documents")
     @classmethod
@@ -42,15 +55,12 @@ class CohereV2Request(_Request):
         return [check_text(d, f"documents[{n}]") for n, d in enumerate(value)]
 
 
-_OBJECT_WITH_TEXT = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
-
-
 class JinaRequest(_Request):
     """``POST /v1/rerank`` and ``POST /rerank`` without ``texts``: Jina's and Cohere v1's rerank request.
 
     A document is a string or an object with a string ``text`` (its other fields come back
     with it); with ``rank_fields`` the named fields of each object are scored instead, as
-    ``field: value`` lines, and objects need no ``text``.
+    ``field: value`` lines (a value that is not a string as its JSON), and objects need no ``text``.
     """
 
     model_config = ConfigDict(json_schema_extra={
@@ -63,9 +73,9 @@ class JinaRequest(_Request):
     documents: list[str | dict[str, Any]] = Field(
         description="strings, or objects with a string \"text\" (without rank_fields) or string values for the "
                     "rank_fields they hold")
-    top_n: int | None = Field(None, ge=0, description="return only the best N (absent or 0: all)")
+    top_n: Count | None = Field(None, description="return only the best N (absent or 0: all)")
     return_documents: bool = Field(False, description="include each document in its result")
-    max_tokens_per_doc: int | None = Field(None, ge=1, description="cut each document to this many tokens first")
+    max_tokens_per_doc: PositiveCount | None = Field(None, description="cut each document to this many tokens first")
 
     @field_validator("documents", mode="before")
     @classmethod
@@ -76,7 +86,7 @@ class JinaRequest(_Request):
         for n, doc in enumerate(value):
             if isinstance(doc, dict) and rank_fields:
                 for key in rank_fields:
-                    if key in doc:
+                    if isinstance(doc.get(key), str):
                         check_text(doc[key], f"documents[{n}][{key!r}]")
                 continue
             text = doc.get("text") if isinstance(doc, dict) else doc
@@ -90,8 +100,13 @@ class JinaRequest(_Request):
         """The text scored for each document."""
         if not self.rank_fields:
             return [d["text"] if isinstance(d, dict) else d for d in self.documents]
-        return ["\n".join(f"{key}: {d[key]}" for key in self.rank_fields if key in d) if isinstance(d, dict) else d
-                for d in self.documents]
+        return ["\n".join(f"{key}: {_text(d[key])}" for key in self.rank_fields if key in d) if isinstance(d, dict)
+                else d for d in self.documents]
+
+
+def _text(value: Any) -> str:
+    """A field's value as scored: a string as it is, anything else as its JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 class TEIRequest(_Request):
