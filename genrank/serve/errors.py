@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from starlette.responses import JSONResponse
 
 _TYPES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-          408: "body_timeout", 413: "payload_too_large", 422: "invalid_request", 429: "queue_full", 500: "internal_error",
-          502: "engine_error", 503: "not_ready", 504: "timeout"}
+          408: "body_timeout", 413: "payload_too_large", 422: "invalid_request", 429: "queue_full",
+          500: "internal_error", 502: "engine_error", 503: "not_ready", 504: "timeout"}
 
 
 class ApiError(Exception):
