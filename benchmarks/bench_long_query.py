@@ -2,13 +2,16 @@
 
 Workloads (issue 19): the query ``"the quick brown fox " * 50000`` (1,000,000 characters) with
 ``["short doc"] * 200``, and the same query with 1,000 documents. Each runs in a child process of
-its own on the tiny Qwen2 model of tests/tiny_model.py (transformers engine, CPU, float32,
-``max_length=1024``), either through ``Reranker.score_details`` or as a ``POST /v2/rerank`` to
-the app in-process (httpx's ASGI transport, the service's whole path but the socket). Reports wall
-seconds, the growth of the peak RSS over the RSS before the request (``ru_maxrss``), and the RSS
-after it. A child still running after ``--timeout`` seconds is stopped and reported as such.
+its own with the tiny Qwen2 model's tokenizer of tests/tiny_model.py (``max_length=1024``), either
+through ``Reranker.score_details`` or as a ``POST /v2/rerank`` to the app in-process (httpx's
+ASGI transport, the service's whole path but the socket). The engine is the transformers driver
+on the tiny model (CPU, float32), or with ``--stand-in`` an engine that answers at once, which
+leaves what genrank itself costs. Reports wall seconds of building the prompts alone
+(``Reranker.prepare``) and of the whole request, the growth of the peak RSS over the RSS before
+them (``ru_maxrss``), and the RSS after. A child still running after ``--timeout`` seconds is
+stopped and reported as such.
 
-Run:  OMP_NUM_THREADS=1 python benchmarks/bench_long_query.py [--timeout 300]
+Run:  OMP_NUM_THREADS=1 python benchmarks/bench_long_query.py [--stand-in] [--documents 200 1000] [--timeout 300]
       (``PYTHONPATH=<worktree of another commit>`` measures that commit)
 """
 
@@ -28,7 +31,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 QUERY = "the quick brown fox " * 50000
-CASES = [("reranker", 200), ("service", 200), ("reranker", 1000), ("service", 1000)]
+
+
+class StandIn:
+    """An engine that answers at once: the same log-probabilities for every prompt."""
+
+    prompt_format = "tokens"
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def label_logprobs(self, prompts, labels):
+        import numpy as np
+
+        from genrank.engines import LabelLogprobs
+
+        return LabelLogprobs(np.full((len(prompts), len(labels.texts)), -np.log(len(labels.texts))))
 
 
 def rss_mb() -> float:
@@ -36,17 +54,27 @@ def rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_case(model: str, path: str, documents: int) -> dict:
+def run_case(model: str, path: str, documents: int, stand_in: bool) -> dict:
     """One request in this process; the numbers as a dict."""
     import asyncio
 
     from genrank import Reranker
-    from genrank.engines.hf import TransformersEngine
 
-    reranker = Reranker(engine=TransformersEngine(model, device="cpu"), max_length=1024)
+    if stand_in:
+        from transformers import AutoTokenizer
+
+        engine = StandIn(AutoTokenizer.from_pretrained(model))
+    else:
+        from genrank.engines.hf import TransformersEngine
+
+        engine = TransformersEngine(model, device="cpu")
+    reranker = Reranker(engine=engine, max_length=1024)
     docs = ["short doc"] * documents
     reranker.score_details([("warm up", "the engine")])
     before = rss_mb()
+    start = time.perf_counter()
+    reranker.prepare([(QUERY, d) for d in docs])
+    build = time.perf_counter() - start
     start = time.perf_counter()
     if path == "reranker":
         scored = reranker.score_details([(QUERY, d) for d in docs])
@@ -70,7 +98,8 @@ def run_case(model: str, path: str, documents: int) -> dict:
         ok = response.status_code == 200 and len(response.json()["results"]) == documents
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"path": path, "documents": documents, "ok": ok, "seconds": round(seconds, 2),
+    return {"path": path, "documents": documents, "ok": ok, "build_seconds": round(build, 2),
+            "request_seconds": round(seconds, 2),
             "peak_rss_growth_mb": round(peak - before, 1), "rss_after_mb": round(rss_mb(), 1),
             "rss_before_mb": round(before, 1)}
 
@@ -78,11 +107,13 @@ def run_case(model: str, path: str, documents: int) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--timeout", type=float, default=300, help="seconds a case may take before it is stopped")
+    ap.add_argument("--documents", type=int, nargs="+", default=[200, 1000], help="documents per request")
+    ap.add_argument("--stand-in", action="store_true", help="an engine that answers at once instead of the model")
     ap.add_argument("--case", nargs=3, metavar=("MODEL", "PATH", "DOCUMENTS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.case:
         model, path, documents = args.case
-        print(json.dumps(run_case(model, path, int(documents))))
+        print(json.dumps(run_case(model, path, int(documents), args.stand_in)))
         return 0
 
     import genrank
@@ -91,14 +122,15 @@ def main() -> int:
     print(f"genrank from {Path(genrank.__file__).parent}")
     with tempfile.TemporaryDirectory() as tmp:
         model = str(build_tiny_model(Path(tmp) / "tiny-qwen2"))
-        for path, documents in CASES:
+        for path, documents in [(path, n) for n in args.documents for path in ("reranker", "service")]:
             try:
-                out = subprocess.run([sys.executable, __file__, "--case", model, path, str(documents)],
+                out = subprocess.run([sys.executable, __file__, "--case", model, path, str(documents)]
+                                     + ["--stand-in"] * args.stand_in,
                                      capture_output=True, text=True, timeout=args.timeout)
                 row = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else \
                     {"path": path, "documents": documents, "error": out.stderr.strip().splitlines()[-1:]}
             except subprocess.TimeoutExpired:
-                row = {"path": path, "documents": documents, "seconds": f"> {args.timeout:g} (stopped)"}
+                row = {"path": path, "documents": documents, "stopped_after_seconds": args.timeout}
             print(json.dumps(row), flush=True)
     return 0
 
