@@ -11,8 +11,8 @@ import copy
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
@@ -172,8 +172,7 @@ class _Segment:
     strip: tuple[bool, bool] = (False, False)
 
 
-@dataclass(frozen=True)
-class _Prompt:
+class _Prompt(NamedTuple):
     """One fitted prompt: its fields as they went in, its text and ids; ``window``: one of a
     document's windows (or a pair that did not fit, with ``long_documents="chunks"``)."""
 
@@ -260,9 +259,14 @@ class PromptBuilder:
             return Prompts(self.template, queries, documents, instr, None, None, truncated)
         if max_document_tokens is not None:
             documents, truncated = self._heads(documents, max_document_tokens)
-        fitted = {key: self._fit_query(*key) for key in dict.fromkeys(zip(queries, instr))}
-        pairs = self._fit_pairs([fitted[key] for key in zip(queries, instr)], documents, truncated,
-                                long_documents == "chunks")
+        pairs = self._fit_short(queries, documents, instr, truncated)
+        rest = [n for n, p in enumerate(pairs) if p is None]
+        if rest:
+            fitted = {key: self._fit_query(*key) for key in dict.fromkeys((queries[n], instr[n]) for n in rest)}
+            for n, prompts in zip(rest, self._fit_pairs([fitted[queries[n], instr[n]] for n in rest],
+                                                        [documents[n] for n in rest], truncated[rest],
+                                                        long_documents == "chunks")):
+                pairs[n] = prompts
         if any(len(p) > 1 or p[0].window for p in pairs):
             prompts = [(n, p) for n, windows in enumerate(pairs) for p in windows]
             pair_index = np.array([n for n, _ in prompts], dtype=np.int64)
@@ -277,6 +281,22 @@ class PromptBuilder:
                        pair_index, self.special_tokens)
 
     # -- fitting -----------------------------------------------------------------------------
+
+    def _fit_short(self, queries: list[str], documents: list[str], instructions: list[str | None],
+                   cuts: np.ndarray) -> list[list[_Prompt] | None]:
+        """The prompts of the pairs that fit ``max_length`` as they are, encoded in one batch
+        (None for the others); a field longer than ``max_length`` tokens can hold is sliced first."""
+        out: list[list[_Prompt] | None] = [None] * len(queries)
+        limit = self._chars(self.max_length)
+        if self._segments is None:  # content may need neutralising: every pair goes the long way
+            return out
+        todo = [n for n, q in enumerate(queries) if len(q) <= limit]
+        pieces = [documents[n][:limit] for n in todo]
+        rows, texts = self._encode([queries[n] for n in todo], pieces, [instructions[n] for n in todo])
+        for n, piece, row, text in zip(todo, pieces, rows, texts):
+            if len(row) <= self.max_length and len(piece) == len(documents[n]):
+                out[n] = [_Prompt(queries[n], piece, instructions[n], text, row, bool(cuts[n]), False)]
+        return out
 
     def _fit_query(self, query: str, instruction: str | None) -> _Query:
         """The query of these pairs as it goes into every prompt: cut (with no room left for a
@@ -301,13 +321,14 @@ class PromptBuilder:
         Documents are sliced to what their room can hold and encoded in one batch; only those
         over ``max_length`` are fitted (or windowed) one by one.
         """
-        out: list[list[_Prompt]] = [[replace(q.prompt, window=chunks)] if q.prompt is not None else []
+        out: list[list[_Prompt]] = [[q.prompt._replace(window=chunks)] if q.prompt is not None else []
                                     for q in queries]  # a query that fills the prompt alone leaves no room
         todo = [n for n, q in enumerate(queries) if q.prompt is None]
         limits = {n: self._chars(queries[n].room) for n in todo}
         while todo:
             pieces = [documents[n][: limits[n]] for n in todo]
-            neutral = [self._neutralised([piece]) for piece in pieces]
+            neutral = [self._neutralised([piece]) for piece in pieces] if self._segments is None else \
+                [([piece], False) for piece in pieces]
             rows, texts = self._encode([queries[n].text for n in todo], [d for (d,), _ in neutral],
                                        [queries[n].instruction for n in todo])
             again = []
