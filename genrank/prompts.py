@@ -263,10 +263,10 @@ class PromptBuilder:
         rest = [n for n, p in enumerate(pairs) if p is None]
         if rest:
             fitted = {key: self._fit_query(*key) for key in dict.fromkeys((queries[n], instr[n]) for n in rest)}
-            for n, prompts in zip(rest, self._fit_pairs([fitted[queries[n], instr[n]] for n in rest],
-                                                        [documents[n] for n in rest], truncated[rest],
-                                                        long_documents == "chunks")):
-                pairs[n] = prompts
+            for n, fitted_pair in zip(rest, self._fit_pairs([fitted[queries[n], instr[n]] for n in rest],
+                                                            [documents[n] for n in rest], truncated[rest],
+                                                            long_documents == "chunks")):
+                pairs[n] = fitted_pair
         if any(len(p) > 1 or p[0].window for p in pairs):
             prompts = [(n, p) for n, windows in enumerate(pairs) for p in windows]
             pair_index = np.array([n for n, _ in prompts], dtype=np.int64)
@@ -285,7 +285,8 @@ class PromptBuilder:
     def _fit_short(self, queries: list[str], documents: list[str], instructions: list[str | None],
                    cuts: np.ndarray) -> list[list[_Prompt] | None]:
         """The prompts of the pairs that fit ``max_length`` as they are, encoded in one batch
-        (None for the others); a field longer than ``max_length`` tokens can hold is sliced first."""
+        (None for the others); documents are sliced to what ``max_length`` tokens can hold, and a
+        query longer than that goes the long way (``_fit_query``) without being encoded here."""
         out: list[list[_Prompt] | None] = [None] * len(queries)
         limit = self._chars(self.max_length)
         if self._segments is None:  # content may need neutralising: every pair goes the long way
