@@ -12,16 +12,15 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from .errors import InputError
 from .templates import Template, TemplateError
+from .validation import LONG_DOCUMENTS, LongDocuments, check_long_documents
 
 log = logging.getLogger(__name__)
-
-LongDocuments = Literal["truncate", "chunks"]
-LONG_DOCUMENTS = ("truncate", "chunks")
 
 _SENTINELS = {"query": "\x00GENRANK_QUERY\x00", "document": "\x00GENRANK_DOCUMENT\x00",
               "instruction": "\x00GENRANK_INSTRUCTION\x00"}
@@ -32,6 +31,9 @@ _EDGE_PROBES = ("\n\nlead", " lead", "\u0301combining", "trail\n", "trail ", "\r
 _RUST_WHITESPACE = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009" \
                    "\u200a\u2028\u2029\u202f\u205f\u3000"
 _WORD_JOINER = "\u2060"
+# Tokens kept past a cut point when a field is sliced before tokenizing, so that the slice's end
+# (which may split a word) cannot change the tokens where the cut falls.
+_MARGIN = 16
 
 
 @dataclass(frozen=True)
@@ -175,6 +177,32 @@ class _Segment:
     strip: tuple[bool, bool] = (False, False)
 
 
+class _Prompt(NamedTuple):
+    """One fitted prompt: its fields as they went in, its text and ids; ``window``: one of a
+    document's windows (or a pair that did not fit, with ``long_documents="chunks"``)."""
+
+    query: str
+    document: str
+    instruction: str | None
+    text: str
+    ids: list[int]
+    cut: bool
+    altered: bool
+    window: bool = False
+
+
+@dataclass(frozen=True)
+class _Query:
+    """A (query, instruction) as every pair holding it is built: ``room`` is the tokens left for
+    the document; ``prompt`` the whole prompt when the query had to be cut (no document fits)."""
+
+    text: str
+    instruction: str | None
+    altered: bool
+    room: int
+    prompt: _Prompt | None = None
+
+
 class PromptBuilder:
     """Renders pairs with a template and a tokenizer's chat template, cut to ``max_length`` tokens.
 
@@ -186,7 +214,7 @@ class PromptBuilder:
 
     def __init__(self, template: Template, tokenizer: Any | None = None, max_length: int = 1024):
         if not isinstance(max_length, int) or max_length < 1:
-            raise ValueError(f"max_length must be a positive integer, got {max_length!r}")
+            raise InputError(f"max_length must be a positive integer, got {max_length!r}")
         self.template = template
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -197,8 +225,9 @@ class PromptBuilder:
         self._segments = self._plan()
         if tokenizer is not None:
             overhead = len(self._encode([""], [""], [None])[0][0])
+            self._token_chars = _longest_token_chars(tokenizer)
             if overhead >= max_length:
-                raise ValueError(f"max_length={max_length} leaves no room: the template alone is "
+                raise InputError(f"max_length={max_length} leaves no room: the template alone is "
                                  f"{overhead} tokens with this tokenizer")
 
     def render(self, query: str, document: str, instruction: str | None) -> str:
@@ -215,74 +244,162 @@ class PromptBuilder:
 
         ``max_document_tokens`` first cuts each document to that many tokens (of the document
         alone); ``long_documents`` says what happens to a prompt still over ``max_length``.
+
+        The work is linear in the input: each distinct (query, instruction) is fitted once, and a
+        field is sliced by characters to what its room in the prompt can hold before it is
+        tokenized, so a pair costs a few encodes of at most about ``max_length`` tokens.
         """
         queries, documents = list(queries), list(documents)
         instr = list(instructions) if instructions is not None else [None] * len(queries)
         if len(instr) != len(queries):
-            raise ValueError(f"instructions has {len(instr)} items for {len(queries)} pairs")
-        if long_documents not in LONG_DOCUMENTS:
-            raise ValueError(f"long_documents must be one of {LONG_DOCUMENTS}, got {long_documents!r}")
+            raise InputError(f"instructions has {len(instr)} items for {len(queries)} pairs")
+        check_long_documents(long_documents)
         if max_document_tokens is not None and (not isinstance(max_document_tokens, int) or max_document_tokens < 1):
-            raise ValueError(f"max_document_tokens must be a positive integer, got {max_document_tokens!r}")
+            raise InputError(f"max_document_tokens must be a positive integer, got {max_document_tokens!r}")
         truncated = np.zeros(len(queries), dtype=bool)
         if self.tokenizer is None:
             if long_documents == "chunks" or max_document_tokens is not None:
-                raise ValueError("long_documents='chunks' and max_document_tokens need the model's tokenizer")
+                raise InputError("long_documents='chunks' and max_document_tokens need the model's tokenizer")
             return Prompts(self.template, queries, documents, instr, None, None, truncated)
         if max_document_tokens is not None:
-            for n, offsets in enumerate(self._offsets(documents)):
-                if len(offsets) > max_document_tokens:
-                    documents[n] = documents[n][: offsets[max_document_tokens - 1][1]]
-                    truncated[n] = True
-        ids, texts, altered = self._encode(queries, documents, instr)
-        over = [n for n, row in enumerate(ids) if len(row) > self.max_length]
-        if long_documents == "chunks" and over:
-            return self._windowed(queries, documents, instr, texts, ids, truncated, altered, set(over))
-        for n in over:
-            queries[n], documents[n], texts[n], ids[n] = self._fit(queries[n], documents[n], instr[n], len(ids[n]))
-            truncated[n] = True
-        if truncated.any():
-            log.info("truncated %d of %d pairs to max_length=%d tokens", truncated.sum(), len(texts), self.max_length)
-        return Prompts(self.template, queries, documents, instr, texts, ids, truncated, altered,
-                       special_tokens=self.special_tokens)
+            documents, truncated = self._heads(documents, max_document_tokens)
+        pairs = self._fit_short(queries, documents, instr, truncated)
+        rest = [n for n, p in enumerate(pairs) if p is None]
+        if rest:
+            fitted = {key: self._fit_query(*key) for key in dict.fromkeys((queries[n], instr[n]) for n in rest)}
+            for n, fitted_pair in zip(rest, self._fit_pairs([fitted[queries[n], instr[n]] for n in rest],
+                                                            [documents[n] for n in rest], truncated[rest],
+                                                            long_documents == "chunks")):
+                pairs[n] = fitted_pair
+        if any(len(p) > 1 or p[0].window for p in pairs):
+            prompts = [(n, p) for n, windows in enumerate(pairs) for p in windows]
+            pair_index = np.array([n for n, _ in prompts], dtype=np.int64)
+        else:
+            prompts, pair_index = [(n, p[0]) for n, p in enumerate(pairs)], None
+        cut = np.array([p.cut for _, p in prompts], dtype=bool)
+        if cut.any():
+            log.info("truncated %d of %d prompts to max_length=%d tokens", cut.sum(), len(cut), self.max_length)
+        return Prompts(self.template, [p.query for _, p in prompts], [p.document for _, p in prompts],
+                       [p.instruction for _, p in prompts], [p.text for _, p in prompts],
+                       [p.ids for _, p in prompts], cut, np.array([p.altered for _, p in prompts], dtype=bool),
+                       pair_index, self.special_tokens)
 
-    # -- long documents ----------------------------------------------------------------------
+    # -- fitting -----------------------------------------------------------------------------
 
-    def _windowed(self, queries, documents, instr, texts, ids, truncated, altered, over: set[int]) -> Prompts:
-        """Prompts with each pair in ``over`` replaced by one prompt per window of its document."""
-        out: dict[str, list] = {k: [] for k in ("q", "d", "i", "text", "ids", "cut", "altered", "pair")}
+    def _fit_short(self, queries: list[str], documents: list[str], instructions: list[str | None],
+                   cuts: np.ndarray) -> list[list[_Prompt] | None]:
+        """The prompts of the pairs that fit ``max_length`` as they are, encoded in one batch
+        (None for the others); documents are sliced to what ``max_length`` tokens can hold, and a
+        query longer than that goes the long way (``_fit_query``) without being encoded here."""
+        out: list[list[_Prompt] | None] = [None] * len(queries)
+        limit = self._chars(self.max_length)
+        if self._segments is None:  # content may need neutralising: every pair goes the long way
+            return out
+        todo = [n for n, q in enumerate(queries) if len(q) <= limit]
+        pieces = [documents[n][:limit] for n in todo]
+        rows, texts = self._encode([queries[n] for n in todo], pieces, [instructions[n] for n in todo])
+        for n, piece, row, text in zip(todo, pieces, rows, texts):
+            if len(row) <= self.max_length and len(piece) == len(documents[n]):
+                out[n] = [_Prompt(queries[n], piece, instructions[n], text, row, bool(cuts[n]), False)]
+        return out
 
-        def add(pair: int, q: str, d: str, text: str, row: list[int], cut: bool) -> None:
-            for key, value in zip(out, (q, d, instr[pair], text, row, cut, altered[pair], pair)):
-                out[key].append(value)
+    def _fit_query(self, query: str, instruction: str | None) -> _Query:
+        """The query of these pairs as it goes into every prompt: cut (with no room left for a
+        document) only if the prompt with an empty document is over ``max_length``."""
+        limit = self._chars(self.max_length)
+        while True:
+            piece = query[:limit]
+            (q, i), altered = self._neutralised([piece, instruction])
+            (ids,), (text,) = self._encode([q], [""], [i])
+            if len(ids) > self.max_length or len(piece) == len(query):
+                break
+            limit *= 4  # characters that encode to almost nothing (a normalizer drops them): take more
+        if len(ids) <= self.max_length:
+            return _Query(q, i, altered, self.max_length - len(ids))
+        q, _, text, ids = self._fit(q, "", i, len(ids))
+        return _Query(q, i, altered, 0, _Prompt(q, "", i, text, ids, True, altered))
 
-        for n in range(len(queries)):
-            if n not in over:
-                add(n, queries[n], documents[n], texts[n], ids[n], truncated[n])
-                continue
-            for window in self._windows(queries[n], documents[n], instr[n]):
-                (row,), (text,), _ = self._encode([queries[n]], [window], [instr[n]])
-                q, d, cut = queries[n], window, bool(truncated[n])
-                if len(row) > self.max_length:  # a window that merges differently inside the template
-                    q, d, text, row = self._fit(q, d, instr[n], len(row))
-                    cut = True
-                add(n, q, d, text, row, cut)
-        return Prompts(self.template, out["q"], out["d"], out["i"], out["text"], out["ids"],
-                       np.array(out["cut"], dtype=bool), np.array(out["altered"], dtype=bool),
-                       np.array(out["pair"], dtype=np.int64), self.special_tokens)
+    def _fit_pairs(self, queries: list[_Query], documents: list[str], cuts: np.ndarray,
+                   chunks: bool) -> list[list[_Prompt]]:
+        """The prompts of each pair: one, cut to ``max_length`` if need be, or one per window (``chunks``).
 
-    def _windows(self, query: str, document: str, instruction: str | None) -> list[str]:
-        """``document`` split at token boundaries into windows that fit next to the query.
-
-        A query that leaves no room is cut as in truncation and the document is one window.
+        Documents are sliced to what their room can hold and encoded in one batch; only those
+        over ``max_length`` are fitted (or windowed) one by one.
         """
-        room = self.max_length - len(self._encode([query], [""], [instruction])[0][0])
-        step = room - 2  # the window's edges may merge with the template's text into a token more
-        if step < 1:
-            return [document]
+        out: list[list[_Prompt]] = [[q.prompt._replace(window=chunks)] if q.prompt is not None else []
+                                    for q in queries]  # a query that fills the prompt alone leaves no room
+        todo = [n for n, q in enumerate(queries) if q.prompt is None]
+        limits = {n: self._chars(queries[n].room) for n in todo}
+        while todo:
+            pieces = [documents[n][: limits[n]] for n in todo]
+            neutral = [self._neutralised([piece]) for piece in pieces] if self._segments is None else \
+                [([piece], False) for piece in pieces]
+            rows, texts = self._encode([queries[n].text for n in todo], [d for (d,), _ in neutral],
+                                       [queries[n].instruction for n in todo])
+            again = []
+            for n, piece, ((d,), altered), row, text in zip(todo, pieces, neutral, rows, texts):
+                q = queries[n]
+                if len(row) <= self.max_length and len(piece) < len(documents[n]):
+                    limits[n] *= 4  # characters that encode to almost nothing (a normalizer drops them)
+                    again.append(n)
+                elif len(row) <= self.max_length:
+                    out[n] = [_Prompt(q.text, d, q.instruction, text, row, bool(cuts[n]), altered or q.altered)]
+                elif chunks and q.room > 2:
+                    out[n] = self._windowed(q, self._neutralised([documents[n]])[0][0], bool(cuts[n]),
+                                            altered or q.altered)
+                else:
+                    fitted = self._fit(q.text, d, q.instruction, len(row))
+                    out[n] = [_Prompt(*fitted[:2], q.instruction, *fitted[2:], True, altered or q.altered, chunks)]
+            todo = again
+        return out
+
+    def _windowed(self, query: _Query, document: str, cut: bool, altered: bool) -> list[_Prompt]:
+        """One prompt per window of ``document``: windows cut at its token boundaries to fill the
+        room the query leaves (a window whose edges merge differently with the template is cut)."""
+        step = query.room - 2  # the window's edges may merge with the template's text into a token more
         offsets = self._offsets([document])[0]
         starts = [0] + [offsets[k][0] for k in range(step, len(offsets), step)]
-        return [document[a:b] for a, b in zip(starts, starts[1:] + [len(document)])]
+        windows = [document[a:b] for a, b in zip(starts, starts[1:] + [len(document)])]
+        rows, texts = self._encode([query.text] * len(windows), windows, [query.instruction] * len(windows))
+        out = []
+        for window, row, text in zip(windows, rows, texts):
+            q, d, window_cut = query.text, window, cut
+            if len(row) > self.max_length:
+                q, d, text, row = self._fit(q, d, query.instruction, len(row))
+                window_cut = True
+            out.append(_Prompt(q, d, query.instruction, text, row, window_cut, altered, True))
+        return out
+
+    def _heads(self, texts: list[str], tokens: int) -> tuple[list[str], np.ndarray]:
+        """Each text cut to its first ``tokens`` tokens (of the text alone), and whether it was cut."""
+        out, cut = list(texts), np.zeros(len(texts), dtype=bool)
+        todo, limit = list(range(len(texts))), self._chars(tokens)
+        while todo:
+            pieces = [texts[n][:limit] for n in todo]
+            again = []
+            for n, piece, offsets in zip(todo, pieces, self._offsets(pieces)):
+                whole = len(piece) == len(texts[n])
+                if not whole and len(offsets) < tokens + _MARGIN:
+                    again.append(n)
+                elif len(offsets) > tokens:
+                    out[n], cut[n] = piece[: offsets[tokens - 1][1]], True
+            todo, limit = again, limit * 4
+        return out, cut
+
+    def _chars(self, tokens: int) -> int:
+        """Characters that hold at least ``tokens`` tokens and a margin (with no normalizer that
+        drops characters; callers check and take more when not)."""
+        return (tokens + _MARGIN) * self._token_chars
+
+    def _neutralised(self, fields: list[str | None]) -> tuple[list[str | None], bool]:
+        """``fields`` with special-token text neutralised where whole prompts are encoded, and
+        whether any was; unchanged with a plan (content is encoded with special tokens split)."""
+        if self._segments is not None or self.special_tokens is None:
+            return fields, False
+        search = self.special_tokens.search
+        if not any(f and search(f) for f in fields):
+            return fields, False
+        return [f and neutralise_text(f, self.special_tokens) for f in fields], True
 
     # -- rendering ---------------------------------------------------------------------------
 
@@ -372,25 +489,16 @@ class PromptBuilder:
         return rows
 
     def _encode(self, queries: list[str], documents: list[str], instructions: list[str | None]):
-        """(token ids, rendered texts, altered) of pairs, content encoded as data.
+        """(token ids, rendered texts) of pairs, content encoded as data.
 
         Without a plan (a chat template that rewrites content, or a tokenizer whose encoding
-        crosses its special tokens), whole prompts are encoded; content that holds special-token
-        text is first neutralised there, and ``altered`` marks those pairs.
+        crosses its special tokens), whole prompts are encoded: their content must have been
+        neutralised first (``_neutralised``).
         """
-        altered = np.zeros(len(queries), dtype=bool)
-        if self._segments is not None:
-            texts = [self.render(q, d, i) for q, d, i in zip(queries, documents, instructions)]
-            return self._segmented(self._segments, queries, documents, instructions), texts, altered
-        if self.special_tokens is not None:
-            for n, fields in enumerate(zip(queries, documents, instructions)):
-                if any(f and self.special_tokens.search(f) for f in fields):
-                    queries[n], documents[n] = (neutralise_text(f, self.special_tokens) for f in fields[:2])
-                    if fields[2]:
-                        instructions[n] = neutralise_text(fields[2], self.special_tokens)
-                    altered[n] = True
         texts = [self.render(q, d, i) for q, d, i in zip(queries, documents, instructions)]
-        return self._encode_texts(texts), texts, altered
+        if self._segments is not None:
+            return self._segmented(self._segments, queries, documents, instructions), texts
+        return self._encode_texts(texts), texts
 
     def _encode_texts(self, texts: list[str]) -> list[list[int]]:
         """Whole prompts, the tokenizer's own way (special-token text read as special tokens)."""
@@ -422,11 +530,18 @@ class PromptBuilder:
             elif query:
                 query = self._cut(query, excess)
             else:
-                raise ValueError(f"max_length={self.max_length} is too small: the prompt without query "
+                raise InputError(f"max_length={self.max_length} is too small: the prompt without query "
                                  f"and document is {length} tokens (instruction {instruction!r})")
-            (ids,), (text,), _ = self._encode([query], [document], [instruction])
+            (ids,), (text,) = self._encode([query], [document], [instruction])
             length = len(ids)
         return query, document, text, ids
+
+
+def _longest_token_chars(tokenizer: Any) -> int:
+    """Characters of the longest token of ``tokenizer``'s vocabulary: an upper bound on the characters
+    one token covers (byte-level tokens are at least as long as their text) unless a normalizer
+    drops characters."""
+    return max(1, max(map(len, tokenizer.get_vocab()), default=1))
 
 
 def _pattern(text: str) -> str:

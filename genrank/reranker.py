@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .calibration import Calibration, fitted_for, load_calibration, score_settings
 from .engines import Engine, LabelLogprobs, make_engine
-from .errors import GenrankError, InputError
+from .errors import InputError
 from .prompts import LongDocuments, PromptBuilder, Prompts
 from .scorer import best_first, expected_scores, unit_interval, warn_zero_mass
 from .templates import DEFAULT_TEMPLATE, Template, load_template
@@ -108,10 +108,7 @@ class Reranker:
         self._owns_engine = isinstance(engine, str)  # made here: closed here
         self._closed, self._closing = False, threading.Lock()
         try:
-            try:
-                self.builder = PromptBuilder(self.template, self.engine.tokenizer, max_length)
-            except ValueError as e:  # its checks of max_length and of the template against the tokenizer
-                raise e if isinstance(e, GenrankError) else InputError(str(e)) from e
+            self.builder = PromptBuilder(self.template, self.engine.tokenizer, max_length)
             if self.engine.prompt_format == "tokens" and self.builder.labels.token_ids is None:
                 raise InputError(f"engine {type(self.engine).__name__} needs a tokenizer")
             if long_documents == "chunks" and self.engine.tokenizer is None:
@@ -225,7 +222,7 @@ class Reranker:
             for pairs, result in self.score_stream((p.pairs, p) for p in prefetch(chunks.build, chunks.spans)):
                 parts.append(result)
                 bar.update(pairs)
-        return _concat(parts) if parts else self.score_logprobs(self.builder.build([], []), _no_logprobs(self))
+        return concat_scored(parts) if parts else self.score_logprobs(self.builder.build([], []), _no_logprobs(self))
 
     def prepare(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None, *,
                 long_documents: LongDocuments | None = None, max_document_tokens: int | None = None) -> Prompts:
@@ -340,7 +337,7 @@ class Reranker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        return _concat(parts) if parts else self.score_logprobs(self.builder.build([], []), _no_logprobs(self))
+        return concat_scored(parts) if parts else self.score_logprobs(self.builder.build([], []), _no_logprobs(self))
 
     async def ascore_prompts(self, prompts: Prompts) -> ScoredPairs:
         """``score_prompts`` for async code."""
@@ -497,7 +494,8 @@ def _best_windows(pair_index: np.ndarray, score: np.ndarray, mass: np.ndarray, t
             np.bincount(pair_index, altered, minlength=n) > 0, pair_errors, windows)
 
 
-def _concat(parts: list[ScoredPairs]) -> ScoredPairs:
+def concat_scored(parts: Sequence[ScoredPairs]) -> ScoredPairs:
+    """The outcomes of consecutive batches of pairs as one, in order (pair indices of errors renumbered)."""
     if len(parts) == 1:
         return parts[0]
     errors, offset = {}, 0

@@ -6,10 +6,12 @@ Each returns the checked value or raises ``InputError`` naming the field and the
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from .errors import InputError
-from .prompts import LONG_DOCUMENTS, LongDocuments
+
+LongDocuments = Literal["truncate", "chunks"]
+LONG_DOCUMENTS = ("truncate", "chunks")
 
 
 def check_text(value: Any, what: str, *, allow_empty: bool = True) -> str:

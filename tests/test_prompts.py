@@ -199,3 +199,41 @@ def test_neutralised_text_holds_no_special_token(tiny_model_dir, specials, text)
     assert out, "neutralise_text did not return"
     assert not special_ids & set(tok(out[0], add_special_tokens=False)["input_ids"])
     assert out[0] != text
+
+
+class CountingBackend:
+    """A Rust tokenizer that counts the characters it is asked to encode."""
+
+    def __init__(self, backend):
+        self.backend, self.chars = backend, 0
+
+    def __getattr__(self, name):
+        method = getattr(self.backend, name)
+        if not name.startswith("encode"):
+            return method
+
+        def encode(texts, *args, **kwargs):
+            self.chars += sum(map(len, texts)) if isinstance(texts, list) else len(texts)
+            return method(texts, *args, **kwargs)
+        return encode
+
+
+@pytest.mark.parametrize("long_documents", ["truncate", "chunks"])
+def test_a_long_query_is_fitted_once_not_once_per_document(tiny_tokenizer, long_documents):
+    b = PromptBuilder(load_template(), tiny_tokenizer, max_length=256)
+    b._split = CountingBackend(b._split)
+    query = "the quick brown fox " * 50000  # 1 MB
+    p = b.build([query] * 1000, ["short doc"] * 1000, long_documents=long_documents)
+    assert b._split.chars < 200_000  # what 256 tokens can hold, a few times: not 1,000 MB
+    one = b.build([query], ["short doc"])
+    assert len(set(map(tuple, p.token_ids))) == 1 and p.token_ids[0] == one.token_ids[0]
+    assert p.documents[0] == "" and query.startswith(p.queries[0]) and p.truncated.all()
+
+
+def test_a_long_document_is_sliced_before_it_is_tokenized(tiny_tokenizer):
+    b = PromptBuilder(load_template(), tiny_tokenizer, max_length=256)
+    b._split = CountingBackend(b._split)
+    doc = "Harper Lee wrote a novel about justice in Alabama. " * 20000  # 1 MB
+    p = b.build(["Who wrote it?"] * 10, [doc] * 10, max_document_tokens=200)
+    assert b._split.chars < 10 * 50_000 and all(len(ids) <= 256 for ids in p.token_ids)
+    assert p.token_ids[0] == _jinja_ids(tiny_tokenizer, b.template, "Who wrote it?", p.documents[0])

@@ -88,9 +88,10 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
-    """Keys from --api-key and GENRANK_SERVE_API_KEY, long documents in chunks, a 1 MiB body limit."""
+    """Keys from --api-key and GENRANK_SERVE_API_KEY, long documents in chunks, a 1 MiB body limit, 2 s to send it."""
     proc = ServeProcess(["--model", str(tiny_model_dir), "--engine", "hf", "--api-key", KEY,
-                         "--max-length", str(MAX_LENGTH), "--long-documents", "chunks", "--max-body-mb", "1"],
+                         "--max-length", str(MAX_LENGTH), "--long-documents", "chunks", "--max-body-mb", "1",
+                         "--body-timeout", "2"],
                         tmp_path_factory.mktemp("serve") / "server.log", env={"GENRANK_SERVE_API_KEY": f" {ENV_KEY} ,"})
     try:
         yield proc.wait_ready()
@@ -244,6 +245,29 @@ def test_disconnected_client_has_its_queued_pairs_dropped(server):
     _wait_for(lambda: metric(server.url, "genrank_pending_pairs", AUTH) == 0)
     assert metric(server.url, "genrank_batch_prompts_sum", AUTH) - sent_before == len(big)
     _wait_for(lambda: '"POST /v2/rerank" 499 pairs=37' in server.log())
+
+
+def _upload_start(port: int, body: bytes, sent: int) -> socket.socket:
+    """A connection that has sent the headers of a POST /v2/rerank of ``body`` and its first ``sent`` bytes."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST /v2/rerank HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              + f"Authorization: Bearer {KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body[:sent])
+    return s
+
+
+def test_stalled_upload_is_408_and_a_client_gone_mid_body_is_499(server):
+    body = json.dumps({"query": "q", "documents": ["d"] * 100}).encode()
+    gone_before = metric(server.url, "genrank_requests_total", AUTH, status="499")
+    with _upload_start(server.port, body, 50) as s:  # then nothing more: --body-timeout 2 ends it
+        s.settimeout(30)
+        reply = s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 408 ") and b"--body-timeout" in reply
+    for _ in range(3):
+        with _upload_start(server.port, body, 50):
+            time.sleep(0.2)  # the server is reading the body when the client hangs up
+    _wait_for(lambda: metric(server.url, "genrank_requests_total", AUTH, status="499") - gone_before == 3)
+    assert metric(server.url, "genrank_requests_total", AUTH, status="500") == 0
+    assert "Traceback" not in server.log() and '"POST /v2/rerank" 499 pairs=- ' in server.log()
 
 
 def _wait_for(condition, timeout: float = 60) -> None:
@@ -441,6 +465,33 @@ def test_sigterm_mid_load_finishes_in_flight_requests_and_exits_0(unbatched):
     assert unbatched.proc.wait(60) == 0
 
 
+def test_sigterm_with_stalled_uploads_exits_within_the_shutdown_timeout(tiny_model_dir, tmp_path):
+    """Clients that stall mid-body (a body timeout longer than the shutdown's) and an idle keep-alive
+    connection cannot hold SIGTERM past --shutdown-timeout; the stalled requests get 503, no traceback."""
+    proc = ServeProcess(["--model", str(tiny_model_dir), "--engine", "hf", "--api-key", KEY, "--body-timeout", "60",
+                         "--shutdown-timeout", "3"], tmp_path / "server.log").wait_ready()
+    body = json.dumps({"query": "q", "documents": ["d"] * 100}).encode()
+    idle = socket.create_connection(("127.0.0.1", proc.port))
+    idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert idle.recv(65536).startswith(b"HTTP/1.1 200 ")
+    stalled = [_upload_start(proc.port, body, 50) for _ in range(3)]
+    try:
+        time.sleep(0.5)
+        start = time.monotonic()
+        proc.proc.send_signal(signal.SIGTERM)
+        _wait_for(lambda: "Finished server process" in proc.log(), timeout=30)
+        assert time.monotonic() - start < 3 + 2  # then the interpreter exits (seconds, on a loaded machine)
+        assert proc.proc.wait(60) == 0
+        for s in stalled:
+            s.settimeout(5)
+            assert s.recv(65536).startswith(b"HTTP/1.1 503 ")
+    finally:
+        for s in [idle, *stalled]:
+            s.close()
+        proc.stop()
+    assert "Traceback" not in proc.log() and "Exception in ASGI" not in proc.log()
+
+
 # -- the command line --------------------------------------------------------------------------
 
 
@@ -454,7 +505,8 @@ def test_help_defaults_match_the_library(capsys):
     s = ServeSettings()
     for flag, value in (("--max-batch-pairs", s.max_batch_pairs), ("--batch-wait-ms", s.batch_wait * 1000),
                         ("--max-documents", s.max_documents), ("--max-body-mb", s.max_body_bytes / 2**20),
-                        ("--max-queue-pairs", s.max_queue_pairs), ("--request-timeout", s.request_timeout)):
+                        ("--max-queue-pairs", s.max_queue_pairs), ("--request-timeout", s.request_timeout),
+                        ("--body-timeout", s.body_timeout), ("--shutdown-timeout", s.shutdown_timeout)):
         help_text = out.split(f"{flag} {flag[2:].upper().replace('-', '_')}")[-1]
         default = help_text.split("(default: ")[1].split(")")[0]
         assert float(default) == value, flag

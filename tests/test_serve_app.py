@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+import tracemalloc
 
 import httpx
 import numpy as np
@@ -161,3 +163,91 @@ def test_an_unexpected_error_is_logged_with_a_request_id_not_returned(hf_engine,
     assert r.status_code == 500 and "division" not in r.text and r.json()["type"] == "internal_error"
     logged = [rec for rec in caplog.records if r.json()["request_id"] in rec.getMessage()]
     assert len(logged) == 1 and "ZeroDivisionError" in logged[0].getMessage()
+
+
+class SlowEngine(PoisonEngine):
+    """The transformers engine, each call taking at least ``delay`` seconds; counts the prompts it gets."""
+
+    def __init__(self, engine, delay: float):
+        super().__init__(engine)
+        self.delay = delay
+
+    def label_logprobs(self, prompts, labels):
+        time.sleep(self.delay)
+        return super().label_logprobs(prompts, labels)
+
+
+def test_a_timed_out_request_sends_no_more_prompts_to_the_engine(hf_engine):
+    engine = SlowEngine(hf_engine, delay=1.0)
+    app = create_app(Reranker(engine=engine), ServeSettings(max_batch_pairs=8, request_timeout=0.5))
+    docs = [f"{d} ({n})" for n, d in enumerate(SEED_DOCUMENTS * 8)]  # 48 pairs: six engine calls of 8
+
+    async def run(client: httpx.AsyncClient):
+        await _ready(client)
+        r = await client.post("/v2/rerank", json={"query": SEED_QUERY, "documents": docs})
+        await asyncio.sleep(2.5)  # the call in progress ends; nothing new may start
+        return r
+
+    r = asyncio.run(_with_app(app, run))
+    assert engine.calls == [8]  # the call in progress finished; the other 40 prompts never reached the engine
+    assert r.status_code == 504 and "--request-timeout" in r.json()["message"]
+
+
+def test_a_timed_out_request_stops_building_its_prompts(hf_engine):
+    reranker = Reranker(engine=hf_engine)
+    built: list[int] = []
+    prepare = reranker.prepare
+
+    def slow_prepare(pairs, **options):
+        built.append(len(pairs))
+        time.sleep(0.2)
+        return prepare(pairs, **options)
+
+    reranker.prepare = slow_prepare
+    app = create_app(reranker, ServeSettings(request_timeout=0.5))
+
+    async def run(client: httpx.AsyncClient):
+        await _ready(client)
+        r = await client.post("/v2/rerank", json={"query": SEED_QUERY, "documents": ["d"] * 1000})
+        await asyncio.sleep(1.0)
+        return r
+
+    assert asyncio.run(_with_app(app, run)).status_code == 504
+    assert sum(built) < 500  # building stopped at the deadline, a bounded piece at a time
+
+
+def test_a_long_query_costs_little_per_document(hf_engine):
+    """A 1 MB query with 200 documents: each prompt is the same cut query, built once (not per document)."""
+    reranker = Reranker(engine=hf_engine, max_length=256)
+    app = create_app(reranker, ServeSettings(request_timeout=120))
+    body = {"query": "the quick brown fox " * 50000, "documents": ["short doc"] * 200}
+
+    async def run(client: httpx.AsyncClient):
+        await _ready(client)
+        return await client.post("/v2/rerank", json=body)
+
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        r = asyncio.run(_with_app(app, run))
+        seconds, peak = time.perf_counter() - start, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert r.status_code == 200 and len(r.json()["results"]) == 200
+    assert all(x["genrank"]["truncated"] for x in r.json()["results"])
+    assert seconds < 10 and peak < 500 * 2**20, (seconds, peak / 2**20)
+
+
+def test_head_health_and_errors_with_fastapi_detail(hf_engine):
+    app = create_app(Reranker(engine=hf_engine))
+
+    async def run(client: httpx.AsyncClient):
+        await _ready(client)
+        head, get = await client.head("/health"), await client.get("/health")
+        bad = await client.post("/v2/rerank", json={"query": " ", "documents": ["a"]})
+        return head, get, bad
+
+    head, get, bad = asyncio.run(_with_app(app, run))
+    assert head.status_code == get.status_code == 200 and head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"] == "application/json"
+    assert bad.status_code == 422 and bad.json()["detail"] == bad.json()["message"] == "query is empty"

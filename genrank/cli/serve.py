@@ -35,7 +35,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServeSettings(model_name=args.served_model_name, api_keys=api_keys(args),
                              max_batch_pairs=args.max_batch_pairs, batch_wait=args.batch_wait_ms / 1000,
                              max_documents=args.max_documents, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-                             max_queue_pairs=args.max_queue_pairs, request_timeout=args.request_timeout)
+                             max_queue_pairs=args.max_queue_pairs, request_timeout=args.request_timeout,
+                             body_timeout=args.body_timeout, shutdown_timeout=args.shutdown_timeout)
     if not settings.api_keys and args.host not in _LOOPBACK:
         print(f"genrank serve: warning: listening on {args.host} without API keys: anyone who reaches it can use it "
               f"(set --api-key or {KEYS_VARIABLE})", file=sys.stderr)
@@ -53,7 +54,7 @@ def add_command(sub: Any) -> None:
                     "is the calibrated probability that the document is relevant (the genrank block keeps the "
                     "uncalibrated relevance), and requests may send min_relevance. Pairs of concurrent "
                     "requests are scored together. SIGTERM stops accepting, finishes the requests in flight "
-                    "and exits 0. Needs pip install 'genrank[serve]'.")
+                    "(within --shutdown-timeout) and exits 0. Needs pip install 'genrank[serve]'.")
     g = p.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="address to listen on")
     g.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -76,7 +77,14 @@ def add_command(sub: Any) -> None:
                    help="most pairs (windows, with --long-documents chunks) admitted and not yet answered; "
                         "a request beyond gets 429 with Retry-After")
     b.add_argument("--request-timeout", type=float, default=60.0,
-                   help="seconds a request may take before it is dropped with 504")
+                   help="seconds a request may take before it is dropped with 504; its prompts not yet "
+                        "scored are dropped too")
+    b.add_argument("--body-timeout", type=float, default=20.0,
+                   help="seconds a client has to send its whole request body; a slower one gets 408 "
+                        "(16 MiB at 10 Mbit/s takes 13.4 s)")
+    b.add_argument("--shutdown-timeout", type=float, default=25.0,
+                   help="seconds SIGTERM waits for requests in flight; those still running are then answered "
+                        "503 and the server exits (under Kubernetes' default grace period of 30 s)")
     add_model_options(p)
     add_calibration_options(p)
     p.set_defaults(func=cmd_serve)

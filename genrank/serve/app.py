@@ -7,7 +7,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -18,10 +18,11 @@ from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import __version__
 from ..errors import GenrankError
+from ..prompts import Prompts
 from ..reranker import Reranker, ScoredPairs
 from ..scorer import best_first
 from .errors import ApiError, error_response, internal_error
@@ -147,27 +148,49 @@ class Service:
                      long_documents: str | None) -> tuple[ScoredPairs, int]:
         if max_document_tokens is not None and reranker.builder.tokenizer is None:
             max_document_tokens = None  # no tokenizer to count with: documents go whole, as all prompts do
-        try:
-            prompts = await asyncio.to_thread(reranker.prepare, [(query, t) for t in texts],
-                                              long_documents=long_documents, max_document_tokens=max_document_tokens)
-        except GenrankError as e:  # genrank's own message about this request's input
-            raise ApiError(422, str(e)) from None
+        parts, built = [], 0
+        for piece in _pieces([(query, t) for t in texts], min(self.settings.max_batch_pairs, _PIECE) or _PIECE):
+            try:  # piece by piece, so that a request cancelled meanwhile stops here
+                parts.append(await asyncio.to_thread(reranker.prepare, piece, long_documents=long_documents,
+                                                     max_document_tokens=max_document_tokens))
+            except GenrankError as e:  # genrank's own message about this request's input
+                raise ApiError(422, str(e)) from None
+            built += len(parts[-1])
+            if built > self.settings.max_queue_pairs:
+                raise ApiError(413, f"the {field} make more than {self.settings.max_queue_pairs} windows of "
+                                    "--max-length tokens, the most this server takes (--max-queue-pairs)", field=field)
+        prompts = Prompts.concat(parts)
         if refuse_cut and prompts.truncated.any():
             cut = int(np.argmax(prompts.truncated))
             n = int(prompts.pair_index[cut]) if prompts.pair_index is not None else cut
             raise ApiError(413, f"{field}[{n}] does not fit max_length={reranker.builder.max_length} tokens with the "
                                 "query; send truncate: true to cut it", field=f"{field}[{n}]")
         windows = len(prompts) - len(texts)  # long documents in chunks: each window is a prompt to score
-        if len(prompts) > self.settings.max_queue_pairs:
-            raise ApiError(413, f"the {field} make {len(prompts)} windows of --max-length tokens; this server takes "
-                                f"at most {self.settings.max_queue_pairs} (--max-queue-pairs)", field=field)
         with scheduler.admit(windows):
             try:
-                scored = await scheduler.score(prompts)
+                scored = await scheduler.score(parts)
             except Exception as e:  # the engine failed for the whole call (e.g. a remote server refused the key)
                 raise internal_error(502 if scheduler.native else 500, "the engine failed", e, log) from None
         tokens = sum(map(len, prompts.token_ids)) if prompts.token_ids is not None else 0
         return scored, tokens
+
+
+_PIECE = 64  # pairs whose prompts are built at a time, and the most in one part sent to the scheduler
+_PIECE_CHARS = 1 << 20  # characters of documents built at a time (a piece holds at least one pair)
+
+
+def _pieces(pairs: list[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
+    """``pairs`` in consecutive pieces of at most ``size`` pairs and about ``_PIECE_CHARS`` characters."""
+    piece: list[tuple[str, str]] = []
+    chars = 0
+    for pair in pairs:
+        if piece and (len(piece) == size or chars + len(pair[1]) > _PIECE_CHARS):
+            yield piece
+            piece, chars = [], 0
+        piece.append(pair)
+        chars += len(pair[1])
+    if piece:
+        yield piece
 
 
 async def _guarded(request: Request, work: Awaitable[T], timeout: float) -> T:
@@ -253,10 +276,11 @@ def _validation_response(errors: list[dict[str, Any]]) -> JSONResponse:
 
 _ERRORS = {status: {"model": ErrorBody, "description": what} for status, what in (
     (400, "the body is not a JSON object"), (401, "missing or wrong API key"),
+    (408, "the body was not received within --body-timeout"),
     (413, "too many documents, body too large, or (TEI truncate: false) a text that does not fit"),
     (422, "a field is missing or wrong"), (429, "the queue is full: retry after Retry-After seconds"),
     (500, "the engine failed"), (502, "the remote engine could not score a document"),
-    (503, "the model is loading"), (504, "not answered within --request-timeout"))}
+    (503, "the model is loading, or the server is shutting down"), (504, "not answered within --request-timeout"))}
 _RERANK_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
     TEIRequest.model_json_schema(), {"$ref": "#/components/schemas/JinaRequest"}]}}}}}
 
@@ -346,7 +370,8 @@ def create_app(reranker: Reranker | Callable[[], Reranker], settings: ServeSetti
                 "meta": {"api_version": {"version": version}, "tokens": {"input_tokens": tokens, "output_tokens": 0}},
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
 
-    @app.get("/health", summary="200 once the model is loaded, 503 before")
+    @app.head("/health", include_in_schema=False)
+    @app.get("/health", summary="200 once the model is loaded, 503 before (HEAD too)")
     async def health() -> JSONResponse:
         if service.reranker is None:
             return error_response(503, "the model is loading", headers={"Retry-After": "5"})
@@ -358,13 +383,15 @@ def create_app(reranker: Reranker | Callable[[], Reranker], settings: ServeSetti
         return JSONResponse({"object": "list", "data": [{"id": service.model_name, "object": "model",
                                                          "created": service.started, "owned_by": "genrank"}]})
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "the Prometheus text format"}})
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # Each middleware wraps those added before it: telemetry outermost (refused requests are logged and
     # counted too), then auth, then the body limit (no body is read for a request without a key).
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout)
     app.add_middleware(BearerAuth, keys=settings.api_keys)
     app.add_middleware(Telemetry, metrics=metrics, paths=[r.path for r in app.routes])
     return app

@@ -1,4 +1,8 @@
-"""Error responses: one JSON shape for every failure, ``{"message", "type", "field"?, "request_id"?}``."""
+"""Error responses: one JSON shape for every failure, ``{"message", "type", "field"?, "request_id"?, "detail"}``.
+
+``detail`` repeats the message where FastAPI puts it, for clients that read that (LlamaIndex's
+Jina reranker).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,8 @@ from collections.abc import Mapping
 from starlette.responses import JSONResponse
 
 _TYPES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
-          413: "payload_too_large", 422: "invalid_request", 429: "queue_full", 500: "internal_error",
-          502: "engine_error", 503: "not_ready", 504: "timeout"}
+          408: "body_timeout", 413: "payload_too_large", 422: "invalid_request", 429: "queue_full",
+          500: "internal_error", 502: "engine_error", 503: "not_ready", 504: "timeout"}
 
 
 class ApiError(Exception):
@@ -45,6 +49,7 @@ def error_response(status: int, message: str, *, field: str | None = None,
         body["field"] = field
     if request_id is not None:
         body["request_id"] = request_id
+    body["detail"] = message
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
 
 

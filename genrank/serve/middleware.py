@@ -1,7 +1,8 @@
-"""ASGI middleware: access log and metrics, bearer-key auth, and the request body limit."""
+"""ASGI middleware: access log and metrics, bearer-key auth, and the request body's size and time limits."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -24,6 +25,9 @@ class Telemetry:
     The endpoint is the matched route's path, or the request's path when it is one of ``paths``
     (a request refused before routing), else "other", so metrics stay bounded; the handler
     reports the request's pairs in ``scope["state"]["pairs"]``. No body is logged.
+
+    A request whose client went away before its answer is logged and counted as 499 (never
+    500); one cancelled by the server's shutdown is answered 503, without a traceback.
     """
 
     def __init__(self, app: ASGIApp, metrics: Metrics, paths: Iterable[str] = ()):
@@ -33,7 +37,14 @@ class Telemetry:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
-        status = 500  # if the app fails before answering
+        status: int | None = None
+        gone = False
+
+        async def watch_receive() -> Message:
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
 
         async def send_status(message: Message) -> None:
             nonlocal status
@@ -42,8 +53,14 @@ class Telemetry:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, watch_receive, send_status)
+        except asyncio.CancelledError:  # the server's shutdown timeout ran out
+            if status is None and not gone:
+                response = error_response(503, "the server is shutting down; retry", headers={"Connection": "close"})
+                await response(scope, receive, send_status)
         finally:
+            if status is None:  # no answer: the client went away, or the app failed
+                status = CLIENT_CLOSED if gone else 500
             seconds = time.perf_counter() - start
             route = getattr(scope.get("route"), "path", None)
             endpoint = route or (scope["path"] if scope["path"] in self.paths else "other")
@@ -85,32 +102,42 @@ class BearerAuth:
 
 
 class BodyLimit:
-    """Answers 413 to a request body over ``max_bytes``, before the app reads any of it.
+    """Reads the request body before the app: 413 when it is over ``max_bytes`` (before reading any
+    of it when Content-Length says so), 408 when the client has not sent it all within ``timeout``
+    seconds, nothing (the client is gone) when it disconnects meanwhile.
 
-    The body is read here (up to the limit) and handed on whole; afterwards ``receive`` goes to
-    the server again, so a handler still hears ``http.disconnect``.
+    The body is handed on whole; afterwards ``receive`` goes to the server again, so a handler
+    still hears ``http.disconnect``. A refused body is not read further and the connection closes.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout: float):
+        self.app, self.max_bytes, self.timeout = app, max_bytes, timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(int(declared), scope, receive, send)
+            return await self._refuse(413, f"the request body is {int(declared)} bytes; this server takes at most "
+                                           f"{self.max_bytes} bytes (--max-body-mb)", scope, receive, send)
         chunks, size = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_bytes:
-                return await self._refuse(None, scope, receive, send)
-            if not message.get("more_body", False):
-                break
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        try:
+            while True:
+                message = await asyncio.wait_for(receive(), deadline - loop.time())
+                if message["type"] != "http.request":  # the client went away
+                    return
+                chunks.append(message.get("body", b""))
+                size += len(chunks[-1])
+                if size > self.max_bytes:
+                    return await self._refuse(413, f"the request body is more than {self.max_bytes} bytes; this "
+                                                   "server takes at most that (--max-body-mb)", scope, receive, send)
+                if not message.get("more_body", False):
+                    break
+        except asyncio.TimeoutError:  # TimeoutError from 3.11 on
+            return await self._refuse(408, f"the request body was not received within {self.timeout:g} s "
+                                           f"(got {size} bytes; --body-timeout)", scope, receive, send)
         body: list[Message] = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
         async def replay() -> Message:
@@ -118,10 +145,9 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, size: int | None, scope: Scope, receive: Receive, send: Send) -> None:
-        got = f"{size} bytes" if size is not None else "more"
-        response = error_response(413, f"the request body is {got}; this server takes at most {self.max_bytes} "
-                                       "bytes (--max-body-mb)", headers={"Connection": "close"})
+    @staticmethod
+    async def _refuse(status: int, message: str, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(status, message, headers={"Connection": "close"})
         await response(scope, receive, send)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from ..prompts import Prompts
-from ..reranker import Reranker, ScoredPairs
+from ..reranker import Reranker, ScoredPairs, concat_scored
 from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ class QueueFull(Exception):
 class _Job:
     prompts: Prompts
     future: asyncio.Future[ScoredPairs]
+    request: object  # the same for the jobs of one request
 
 
 class Scheduler:
@@ -39,8 +40,10 @@ class Scheduler:
     A ``native_async`` engine (a remote server) takes each request as it comes
     and spreads its prompts over its own concurrent connections.
 
-    A request cancelled while it waits (its client went away, it timed out) is dropped before
-    its engine call. ``admit`` bounds the pairs admitted and not yet answered.
+    A request comes in parts (bounded pieces of its pairs), each a job of its own, so a
+    cancelled request (its client went away, it timed out) has the parts not yet in an engine
+    call dropped; a call in progress finishes. ``admit`` bounds the pairs admitted and not yet
+    answered.
     """
 
     def __init__(self, reranker: Reranker, metrics: Metrics, *, max_batch_pairs: int = 256, max_wait: float = 0.005,
@@ -93,17 +96,26 @@ class Scheduler:
             if not job.future.done():
                 job.future.set_exception(RuntimeError("the server is shutting down"))
 
-    async def score(self, prompts: Prompts) -> ScoredPairs:
-        """The scores of one request's prompts; cancelling the caller drops them if not yet sent."""
+    async def score(self, parts: Sequence[Prompts]) -> ScoredPairs:
+        """The scores of one request's prompts, built in ``parts`` (whole pairs each), in order;
+        cancelling the caller drops the parts not yet sent to the engine."""
         if self.native:
+            prompts = Prompts.concat(parts)
             self.metrics.batch_prompts.observe(len(prompts))
             self.metrics.batch_requests.observe(1)
             with self.metrics.engine_seconds.time():
                 return await self.reranker.ascore_prompts(prompts)
-        job = _Job(prompts, asyncio.get_running_loop().create_future())
-        self._waiting.append(job)
+        if not self.max_batch_pairs and len(parts) > 1:  # each request its own call
+            parts = [Prompts.concat(parts)]
+        loop, request = asyncio.get_running_loop(), object()
+        jobs = [_Job(part, loop.create_future(), request) for part in parts]
+        self._waiting.extend(jobs)
         self._arrived.set()
-        return await job.future
+        try:
+            return concat_scored([await job.future for job in jobs])
+        finally:
+            for job in jobs:
+                job.future.cancel()  # no-op once answered
 
     # -- workers -----------------------------------------------------------------------------
 
@@ -151,7 +163,7 @@ class Scheduler:
         if not batch:
             return
         self.metrics.batch_prompts.observe(sum(len(job.prompts) for job in batch))
-        self.metrics.batch_requests.observe(len(batch))
+        self.metrics.batch_requests.observe(len({job.request for job in batch}))
         parts = [job.prompts for job in batch]
         try:
             with self.metrics.engine_seconds.time():

@@ -7,11 +7,27 @@ string, valid Unicode; the query not blank), with errors that name the field and
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 
 from ..validation import check_text
+
+# What the query's check enforces, in the schema: at least one character that is not whitespace.
+_QUERY = {"minLength": 1, "pattern": r"\S"}
+
+
+def _integral(value: Any) -> Any:
+    """A float with no fraction as the int it is (JSON Schema's integers include 5.0); else unchanged."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+# Strict otherwise: "3" and true are not counts.
+Count = Annotated[int, Field(ge=0), BeforeValidator(_integral)]
+PositiveCount = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
+
+_OBJECT_WITH_TEXT = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
 
 
 class _Request(BaseModel):
@@ -27,11 +43,11 @@ class CohereV2Request(_Request):
     """``POST /v2/rerank``: Cohere's v2 rerank request."""
 
     model: str | None = Field(None, description="accepted and ignored: the server scores with its own model")
-    query: str = Field(description="the search query (not blank)")
+    query: str = Field(description="the search query (not blank)", json_schema_extra=_QUERY)
     documents: list[str] = Field(description="the texts to rank")
-    top_n: int | None = Field(None, ge=0, description="return only the best N (absent or 0: all)")
+    top_n: Count | None = Field(None, description="return only the best N (absent or 0: all)")
     return_documents: bool = Field(False, description="include each document's text in its result")
-    max_tokens_per_doc: int | None = Field(None, ge=1, description="cut each document to this many tokens first")
+    max_tokens_per_doc: PositiveCount | None = Field(None, description="cut each document to this many tokens first")
     min_relevance: float | None = Field(None, ge=0, le=1, description=(
         "return only documents with at least this relevance_score (the calibrated probability when the server "
         "has --calibration)"))
@@ -47,26 +63,38 @@ class JinaRequest(_Request):
 
     A document is a string or an object with a string ``text`` (its other fields come back
     with it); with ``rank_fields`` the named fields of each object are scored instead, as
-    ``field: value`` lines.
+    ``field: value`` lines (a value that is not a string as its JSON), and objects need no ``text``.
     """
 
+    model_config = ConfigDict(json_schema_extra={
+        "if": {"properties": {"rank_fields": {"type": "array", "minItems": 1}}, "required": ["rank_fields"]},
+        "else": {"properties": {"documents": {"items": {"anyOf": [{"type": "string"}, _OBJECT_WITH_TEXT]}}}}})
+
     model: str | None = Field(None, description="accepted and ignored: the server scores with its own model")
-    query: str = Field(description="the search query (not blank)")
-    documents: list[str | dict[str, Any]] = Field(description="strings, or objects with a string \"text\"")
-    top_n: int | None = Field(None, ge=0, description="return only the best N (absent or 0: all)")
-    return_documents: bool = Field(False, description="include each document in its result")
-    max_tokens_per_doc: int | None = Field(None, ge=1, description="cut each document to this many tokens first")
+    query: str = Field(description="the search query (not blank)", json_schema_extra=_QUERY)
     rank_fields: list[str] | None = Field(None, description="fields of object documents to score (default: text)")
+    documents: list[str | dict[str, Any]] = Field(
+        description="strings, or objects with a string \"text\" (without rank_fields) or string values for the "
+                    "rank_fields they hold")
+    top_n: Count | None = Field(None, description="return only the best N (absent or 0: all)")
+    return_documents: bool = Field(False, description="include each document in its result")
+    max_tokens_per_doc: PositiveCount | None = Field(None, description="cut each document to this many tokens first")
     min_relevance: float | None = Field(None, ge=0, le=1, description=(
         "return only documents with at least this relevance_score (the calibrated probability when the server "
         "has --calibration)"))
 
     @field_validator("documents", mode="before")
     @classmethod
-    def _documents(cls, value: Any) -> Any:
+    def _documents(cls, value: Any, info: ValidationInfo) -> Any:
         if not isinstance(value, list):
             return value  # pydantic names the type error
+        rank_fields = info.data.get("rank_fields")
         for n, doc in enumerate(value):
+            if isinstance(doc, dict) and rank_fields:
+                for key in rank_fields:
+                    if isinstance(doc.get(key), str):
+                        check_text(doc[key], f"documents[{n}][{key!r}]")
+                continue
             text = doc.get("text") if isinstance(doc, dict) else doc
             if not isinstance(text, str):
                 raise ValueError(f"documents[{n}] must be a string or an object with a string \"text\", "
@@ -74,27 +102,23 @@ class JinaRequest(_Request):
             check_text(text, f"documents[{n}]" + ('["text"]' if isinstance(doc, dict) else ""))
         return value
 
-    @model_validator(mode="after")
-    def _rank_fields(self) -> JinaRequest:
-        for n, doc in enumerate(self.documents):
-            if isinstance(doc, dict):
-                for key in self.rank_fields or ():
-                    if key in doc:
-                        check_text(doc[key], f"documents[{n}][{key!r}]")
-        return self
-
     def texts(self) -> list[str]:
         """The text scored for each document."""
         if not self.rank_fields:
             return [d["text"] if isinstance(d, dict) else d for d in self.documents]
-        return ["\n".join(f"{key}: {d[key]}" for key in self.rank_fields if key in d) if isinstance(d, dict) else d
-                for d in self.documents]
+        return ["\n".join(f"{key}: {_text(d[key])}" for key in self.rank_fields if key in d) if isinstance(d, dict)
+                else d for d in self.documents]
+
+
+def _text(value: Any) -> str:
+    """A field's value as scored: a string as it is, anything else as its JSON."""
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 class TEIRequest(_Request):
     """``POST /rerank`` with ``texts``: text-embeddings-inference's rerank request."""
 
-    query: str = Field(description="the search query (not blank)")
+    query: str = Field(description="the search query (not blank)", json_schema_extra=_QUERY)
     texts: list[str] = Field(description="the texts to rank")
     raw_scores: bool = Field(False, description="score = expected label value (e.g. 1-7) with label_mass, "
                                                 "instead of relevance on [0, 1]")
@@ -158,6 +182,7 @@ class ErrorBody(BaseModel):
     message: str
     type: str
     field: str | None = None
+    detail: str = Field(description="the message again, where FastAPI's own errors have it")
 
 
 __all__ = ["CohereV2Request", "ErrorBody", "JinaRequest", "RerankResponse", "TEIRequest", "TEIResult"]

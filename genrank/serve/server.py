@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import signal
 from collections.abc import Callable
 
@@ -19,6 +18,9 @@ def serve(reranker: Reranker | Callable[[], Reranker], settings: ServeSettings |
           host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, finish the requests in flight and return.
 
+    Idle connections are closed at once; requests still running after ``settings.shutdown_timeout``
+    seconds are cancelled (answered 503), so the server stops within it whatever clients do.
+
     ``reranker`` may be a function that makes one: the server listens at once and answers
     /health with 503 until it has returned. If it raises, the server stops and ``serve`` raises
     that error.
@@ -32,7 +34,7 @@ def serve(reranker: Reranker | Callable[[], Reranker], settings: ServeSettings |
 
     app = create_app(reranker, settings, on_load_error=stop)
     config = uvicorn.Config(app, host=host, port=port, log_config=_log_config(log_level), access_log=False,
-                            lifespan="on", timeout_graceful_shutdown=math.ceil(settings.request_timeout) + 5)
+                            lifespan="on", timeout_graceful_shutdown=settings.shutdown_timeout)
     server = uvicorn.Server(config)
     # After a graceful shutdown uvicorn raises the signal that stopped it again, under the handler
     # that was there before it started; a no-op one turns that into a normal return (exit status 0).

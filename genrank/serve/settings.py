@@ -15,6 +15,8 @@ class ServeSettings:
     request its own call); ``batch_wait`` the seconds a request waits for others to join it.
     ``max_queue_pairs`` bounds the pairs admitted and not yet answered (429 beyond it).
     ``api_keys``: the bearer keys accepted (none: no auth); never shown in the repr.
+    ``body_timeout``: the seconds a client has to send its whole body (408 after);
+    ``shutdown_timeout``: the seconds SIGTERM waits for requests in flight before cancelling them.
     """
 
     model_name: str | None = None  # the name in responses and /v1/models; None: the engine's model
@@ -25,6 +27,8 @@ class ServeSettings:
     max_body_bytes: int = 16 * 1024 * 1024
     max_queue_pairs: int = 10_000
     request_timeout: float = 60.0
+    body_timeout: float = 20.0  # 16 MiB at 10 Mbit/s takes 13.4 s; under shutdown_timeout
+    shutdown_timeout: float = 25.0  # under Kubernetes' default grace period of 30 s
 
     def __post_init__(self) -> None:
         for name in ("max_documents", "max_body_bytes", "max_queue_pairs"):
@@ -36,8 +40,9 @@ class ServeSettings:
                              f"got {self.max_batch_pairs!r}")
         if not 0 <= self.batch_wait <= 10:
             raise InputError(f"batch_wait must be 0 to 10 seconds, got {self.batch_wait!r}")
-        if not self.request_timeout > 0:
-            raise InputError(f"request_timeout must be a positive number of seconds, got {self.request_timeout!r}")
+        for name in ("request_timeout", "body_timeout", "shutdown_timeout"):
+            if not getattr(self, name) > 0:
+                raise InputError(f"{name} must be a positive number of seconds, got {getattr(self, name)!r}")
         if any(not isinstance(k, str) or not k.strip() or k != k.strip() for k in self.api_keys):
             raise InputError("api_keys must be non-blank strings without surrounding whitespace")
 
