@@ -14,17 +14,21 @@ from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from genrank import Reranker
-from genrank.engines import LabelLogprobs
+from genrank.engines import Engine, LabelLogprobs
 from genrank.serve import ServeSettings, create_app
 
 
-class FastEngine:
+class FastEngine(Engine):
     """Prompts built with the tiny model's tokenizer, scored at once by their length (no model)."""
 
     prompt_format = "tokens"
 
     def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+        self._tokenizer = tokenizer
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
 
     def label_logprobs(self, prompts, labels):
         lengths = np.array([len(ids) for ids in prompts.token_ids], dtype=float)
