@@ -15,12 +15,12 @@ import time
 import numpy as np
 
 from genrank import Reranker
-from genrank.engines import LabelLogprobs
+from genrank.engines import Engine, LabelLogprobs
 
 
-class StandinEngine:
+class StandinEngine(Engine):
     prompt_format = "chat"
-    tokenizer = None
+    tokenizer = None  # a chat engine without a tokenizer
 
     def __init__(self, model_name: str = "standin", seconds_per_pair: float = 0.0, fail_on_call: int | None = None,
                  log: str | None = None, fail_to_start: bool = False):
