@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -16,12 +17,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .engines import Engine, LabelLogprobs, make_engine
-from .prompts import LONG_DOCUMENTS, LongDocuments, PromptBuilder, Prompts
-from .scorer import expected_scores, unit_interval
-from .templates import DEFAULT_TEMPLATE, Template, load_template
+from .engines.base import label_kinds
+from .pieces import prompt_builder
+from .prompts import LONG_DOCUMENTS, LongDocuments, Prompts
+from .templates import DEFAULT_TEMPLATE, Template, load_template, template_for_model
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+log = logging.getLogger(__name__)
 
 
 class ScoringError(RuntimeError):
@@ -38,8 +42,10 @@ class ScoringError(RuntimeError):
 class ScoredPairs:
     """Per-pair outcome, in input order. Failed pairs have NaN score and an entry in ``errors``.
 
-    ``score`` is the expected label value (1-7 for lb-reranker); ``relevance`` is the same on
-    [0, 1], ``(score - lowest label value) / (highest - lowest)``, the scale rerank services report.
+    ``score`` is the recipe's raw score, as its authors' code gives it (the expected label value,
+    1-7 for lb-reranker; a log-odds or a logit for others); ``relevance`` is on [0, 1] by the
+    recipe's rule (linear for expected values, the authors' sigmoid for logits), the scale rerank
+    services report. ``label_mass`` is NaN where the engine returned raw logits.
     """
 
     score: np.ndarray  # (N,) float64
@@ -97,8 +103,11 @@ class Reranker:
 
     ``engine`` is ``"auto"`` (vLLM when installed with a GPU, else transformers), ``"hf"``,
     ``"vllm"``, ``"lmdeploy"``, ``"openai"`` or an Engine instance; other keyword arguments go to
-    the engine's constructor. ``normalize=False`` uses the lb-reranker card's formula (label
-    probabilities not renormalised) to reproduce published numbers. ``long_documents`` is what
+    the engine's constructor. ``template`` is a recipe name, a TOML path or a Template; without
+    it the recipe whose ``models`` name the model is used (else ``lb-reranker-v1``), and
+    ``max_length`` defaults to the recipe's (1024 for recipes without one). ``instruction`` is
+    the task instruction for recipes that take one. ``normalize=False`` uses the lb-reranker
+    card's formula (label probabilities not renormalised) to reproduce published numbers. ``long_documents`` is what
     happens to a document too long for ``max_length``: ``"truncate"`` cuts it, ``"chunks"`` scores
     each window of it and keeps the best window's score.
 
@@ -108,27 +117,30 @@ class Reranker:
     """
 
     def __init__(self, model: str | None = None, *, engine: str | Engine = "auto",
-                 template: str | Path | Template = DEFAULT_TEMPLATE, max_length: int = 1024,
+                 template: str | Path | Template | None = None, max_length: int | None = None,
                  normalize: bool | None = None, instruction: str | None = None,
                  long_documents: LongDocuments = "truncate", chunk_size: int = 4096, show_progress: bool = False,
                  **engine_options: Any):
-        self.template = load_template(template)
+        named = model or (getattr(engine, "model_name", None) if not isinstance(engine, str) else None)
+        self.template = _recipe(template, named)
         if instruction is not None:
-            if not self.template.takes_instruction:
-                raise ValueError(f"template {self.template.name!r} takes no instruction; "
-                                 "use an instruction-aware template such as 'lb-reranker-v1-instruct'")
+            self._check_takes_instruction()
             check_text(instruction, "instruction")
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         if long_documents not in LONG_DOCUMENTS:
             raise ValueError(f"long_documents must be one of {LONG_DOCUMENTS}, got {long_documents!r}")
-        self.engine = make_engine(engine, model or self.template.default_model, **engine_options)
-        self.builder = PromptBuilder(self.template, self.engine.tokenizer, max_length)
+        model = model or (None if named else self.template.default_model)
+        self.engine = make_engine(engine, model, raw_logits=self.template.score.accepts == ("logits",),
+                                  **engine_options)
+        self.rule = self.template.score_rule(getattr(self.engine, "model_name", None) or model, normalize)
+        self.builder = prompt_builder(self.template, self.engine.tokenizer, max_length, self.engine.prompt_format)
         if self.engine.prompt_format == "tokens" and self.builder.labels.token_ids is None:
             raise ValueError(f"engine {type(self.engine).__name__} needs a tokenizer")
         if long_documents == "chunks" and self.engine.tokenizer is None:
             raise ValueError("long_documents='chunks' needs the model's tokenizer (pass tokenizer=... to the engine)")
-        self.normalize = self.template.normalize if normalize is None else normalize
+        self.labels = replace(self.builder.labels, kind=self._value_kind())
+        self.normalize = self.rule.normalize
         self.instruction = instruction
         self.long_documents = long_documents
         self.chunk_size = chunk_size
@@ -144,21 +156,42 @@ class Reranker:
     def __repr__(self) -> str:
         return f"Reranker(engine={self.engine!r}, template={self.template.name!r}, max_length={self.builder.max_length})"
 
+    def _value_kind(self) -> str:
+        """What to ask the engine for: the first of its label kinds that the recipe's score can use."""
+        have = label_kinds(self.engine)
+        for kind in have:
+            if kind in self.rule.accepts:
+                return kind
+        need = " or ".join(f"label {k}" for k in self.rule.accepts)
+        hint = getattr(self.engine, "raw_logits_hint", "") if "logits" in self.rule.accepts else ""
+        raise ValueError(f"recipe {self.template.name!r} scores a {self.rule.kind!r} score, which needs {need}; "
+                         f"{type(self.engine).__name__} gives only label {' and '.join(have)}"
+                         + (f". {hint}" if hint else ""))
+
+    def _check_takes_instruction(self) -> None:
+        if not self.template.takes_instruction:
+            raise ValueError(f"template {self.template.name!r} takes no instruction; use a recipe that does, such as "
+                             "'lb-reranker-v1-instruct', 'qwen3-reranker', 'mxbai-rerank-v2' or 'bge-reranker-v2-gemma'")
+
     # -- sync API ----------------------------------------------------------------------------
 
     def score(self, pairs: Iterable[Sequence[str]]) -> np.ndarray:
         """Scores of (query, document) pairs, in input order. Raises ScoringError if any failed."""
         return _checked(self.score_details(pairs)).score
 
-    def rerank(self, query: str, documents: Sequence[str]) -> np.ndarray:
-        """Scores of ``documents`` for ``query``, in input order (empty for no documents)."""
-        return self.score(query_pairs(query, documents))
+    def rerank(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> np.ndarray:
+        """Scores of ``documents`` for ``query``, in input order (empty for no documents).
+
+        ``instruction`` replaces the Reranker's for this call (recipes that take one).
+        """
+        pairs = query_pairs(query, documents)
+        return _checked(self.score_details(pairs, self._one_instruction(instruction, len(pairs)))).score
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-             return_documents: bool = False) -> list[dict[str, Any]]:
+             return_documents: bool = False, *, instruction: str | None = None) -> list[dict[str, Any]]:
         """``[{"corpus_id", "score"(, "text")}]`` best first, like sentence-transformers' CrossEncoder.rank."""
         _check_top_k(top_k)
-        return _ranking(self.rerank(query, documents), documents, top_k, return_documents)
+        return _ranking(self.rerank(query, documents, instruction=instruction), documents, top_k, return_documents)
 
     def score_details(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None, *,
                       long_documents: LongDocuments | None = None,
@@ -201,7 +234,7 @@ class Reranker:
         if not len(prompts):
             return _no_logprobs(self)
         with self._engine_lock:
-            return self.engine.label_logprobs(prompts, self.builder.labels)
+            return self.engine.label_logprobs(prompts, self.labels)
 
     def score_logprobs(self, prompts: Prompts, out: LabelLogprobs) -> ScoredPairs:
         """Scores of the pairs of ``prompts`` from the engine's answer for them.
@@ -213,8 +246,9 @@ class Reranker:
         if failed:
             values = values.copy()
             values[failed] = 0.0  # placeholder rows, replaced by NaN below
-        scores = expected_scores(values, self.template.values, normalize=self.normalize)
-        score, mass, errors = scores.score, scores.label_mass, dict(out.errors)
+        scores = self.rule.scores(values, out.kind)
+        score, mass, errors = scores.score, scores.label_mass, {**scores.errors, **out.errors}
+        failed = list(errors)
         score[failed] = np.nan
         mass[failed] = np.nan
         altered = prompts.altered.copy() if prompts.altered is not None else np.zeros(len(prompts), dtype=bool)
@@ -223,8 +257,8 @@ class Reranker:
         if prompts.pair_index is not None:
             score, mass, truncated, altered, errors, windows = _best_windows(prompts.pair_index, score, mass,
                                                                              truncated, altered, errors)
-        return ScoredPairs(score, mass, truncated, errors, scores.zero_mass,
-                           unit_interval(score, self.template.values), altered, windows)
+        return ScoredPairs(score, mass, truncated, errors, scores.zero_mass, self.rule.relevance_of(score), altered,
+                           windows)
 
     def score_stream(self, items: Iterable[tuple[T, Prompts | None]]) -> Iterator[tuple[T, ScoredPairs | None]]:
         """``(key, scores)`` for each ``(key, prompts)``, in order; None passes through as None.
@@ -258,15 +292,17 @@ class Reranker:
         """``score`` for async code."""
         return _checked(await self.ascore_details(pairs)).score
 
-    async def arerank(self, query: str, documents: Sequence[str]) -> np.ndarray:
+    async def arerank(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> np.ndarray:
         """``rerank`` for async code."""
-        return await self.ascore(query_pairs(query, documents))
+        pairs = query_pairs(query, documents)
+        return _checked(await self.ascore_details(pairs, self._one_instruction(instruction, len(pairs)))).score
 
     async def arank(self, query: str, documents: Sequence[str], top_k: int | None = None,
-                    return_documents: bool = False) -> list[dict[str, Any]]:
+                    return_documents: bool = False, *, instruction: str | None = None) -> list[dict[str, Any]]:
         """``rank`` for async code."""
         _check_top_k(top_k)
-        return _ranking(await self.arerank(query, documents), documents, top_k, return_documents)
+        return _ranking(await self.arerank(query, documents, instruction=instruction), documents, top_k,
+                        return_documents)
 
     async def ascore_details(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None,
                              *, long_documents: LongDocuments | None = None,
@@ -295,7 +331,7 @@ class Reranker:
             return _no_logprobs(self)
         native = getattr(self.engine, "alabel_logprobs", None)
         if native is not None:
-            return await native(prompts, self.builder.labels)
+            return await native(prompts, self.labels)
         return await asyncio.get_running_loop().run_in_executor(self._engine_thread, self.label_logprobs, prompts)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -306,6 +342,13 @@ class Reranker:
             raise ValueError(f"long_documents must be one of {LONG_DOCUMENTS}, got {long_documents!r}")
         return {"long_documents": long_documents, "max_document_tokens": max_document_tokens}
 
+    def _one_instruction(self, instruction: str | None, n: int) -> list[str | None] | None:
+        """``instruction`` for each of ``n`` pairs (None: the Reranker's own), checked."""
+        if instruction is None:
+            return None
+        self._check_takes_instruction()
+        return [check_text(instruction, "instruction")] * n
+
     def _instructions(self, instructions: Sequence[str | None] | None, n: int) -> list[str | None]:
         """One instruction per pair: the given ones, checked, or the Reranker's for every pair."""
         if instructions is None:
@@ -315,9 +358,23 @@ class Reranker:
         instructions = list(instructions)
         if len(instructions) != n:
             raise ValueError(f"instructions has {len(instructions)} items for {n} pairs")
-        if any(i is not None for i in instructions) and not self.template.takes_instruction:
-            raise ValueError(f"template {self.template.name!r} takes no instruction")
+        if any(i is not None for i in instructions):
+            self._check_takes_instruction()
         return [i if i is None else check_text(i, f"instructions[{n}]") for n, i in enumerate(instructions)]
+
+
+def _recipe(template: str | Path | Template | None, model: str | None) -> Template:
+    """The recipe asked for, else the one whose models name ``model``, else the default (logged)."""
+    if template is not None:
+        return load_template(template)
+    found = template_for_model(model)
+    if found is not None:
+        log.info("model %r: using recipe %r (its models list names it)", model, found.name)
+        return found
+    if model is not None:
+        log.info("no shipped recipe names model %r; using the default recipe %r (pass template=... to choose)",
+                 model, DEFAULT_TEMPLATE)
+    return load_template(DEFAULT_TEMPLATE)
 
 
 def prefetch(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
@@ -360,7 +417,7 @@ def _ranking(scores: np.ndarray, documents: Sequence[str], top_k: int | None,
 
 
 def _no_logprobs(reranker: Reranker) -> LabelLogprobs:
-    return LabelLogprobs(np.zeros((0, len(reranker.template.labels))))
+    return LabelLogprobs(np.zeros((0, len(reranker.template.labels))), kind=reranker.labels.kind)
 
 
 def _best_windows(pair_index: np.ndarray, score: np.ndarray, mass: np.ndarray, truncated: np.ndarray,

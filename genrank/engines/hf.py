@@ -34,6 +34,7 @@ class TransformersEngine:
     """
 
     prompt_format = "tokens"
+    label_kinds = ("logprobs", "logits")
 
     def __init__(self, model: str | PreTrainedModel, *, tokenizer: Any | None = None,
                  device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
@@ -90,6 +91,7 @@ class TransformersEngine:
         if ids is None or labels.token_ids is None:
             raise ValueError("TransformersEngine needs tokenized prompts and label token ids")
         label_ids = torch.tensor(labels.token_ids, device=self.device)
+        raw = labels.kind == "logits"
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         order = np.argsort(-lengths, kind="stable")  # longest first: the first batch finds OOM early
         # Batches are queued without waiting for the device; results come back in one copy at the end.
@@ -99,7 +101,7 @@ class TransformersEngine:
             size = self._batch_size(int(lengths[order[start]]))
             rows = order[start:start + size]
             try:
-                done.append((rows, self._forward([ids[i] for i in rows], lengths[rows], label_ids)))
+                done.append((rows, self._forward([ids[i] for i in rows], lengths[rows], label_ids, raw)))
             except torch.OutOfMemoryError:
                 if size == 1:
                     raise
@@ -113,16 +115,17 @@ class TransformersEngine:
         out = np.empty((len(ids), len(label_ids)), dtype=np.float64)
         if done:
             out[np.concatenate([rows for rows, _ in done])] = torch.cat([v for _, v in done]).cpu().numpy()
-        return LabelLogprobs(out)
+        return LabelLogprobs(out, kind=labels.kind)
 
     def _batch_size(self, longest: int) -> int:
         return max(1, min(self.max_batch_size, self.max_batch_tokens // max(longest, 1)))
 
     @torch.inference_mode()
-    def _forward(self, rows: list[list[int]], lengths: np.ndarray, label_ids: torch.Tensor) -> torch.Tensor:
-        """The (rows, labels) log-probabilities of one batch, left on the device."""
+    def _forward(self, rows: list[list[int]], lengths: np.ndarray, label_ids: torch.Tensor,
+                 raw: bool = False) -> torch.Tensor:
+        """The (rows, labels) log-probabilities (``raw``: logits) of one batch, left on the device."""
         if self.whole_forward:
-            return self._forward_whole(rows, lengths, label_ids)
+            return self._forward_whole(rows, lengths, label_ids, raw)
         batch = np.full((len(rows), int(lengths.max())), self._pad_id, dtype=np.int64)
         batch[np.arange(batch.shape[1]) < lengths[:, None]] = np.fromiter(
             itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
@@ -134,9 +137,10 @@ class TransformersEngine:
         hidden = self._decoder(input_ids=batch, use_cache=False).last_hidden_state
         last = hidden[torch.arange(len(rows), device=self.device), last]
         logits = torch.nn.functional.linear(last.float(), self._head_weight, self._head_bias)
-        return torch.log_softmax(logits, dim=-1)[:, label_ids]
+        return _label_values(logits, label_ids, raw)
 
-    def _forward_whole(self, rows: list[list[int]], lengths: np.ndarray, label_ids: torch.Tensor) -> torch.Tensor:
+    def _forward_whole(self, rows: list[list[int]], lengths: np.ndarray, label_ids: torch.Tensor,
+                       raw: bool = False) -> torch.Tensor:
         """The model's own forward: left-padded rows, an attention mask, the last position's logits."""
         width = int(lengths.max())
         mask = np.arange(width) >= (width - lengths)[:, None]
@@ -146,7 +150,7 @@ class TransformersEngine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = self.model(input_ids=torch.from_numpy(batch).to(self.device), attention_mask=mask.long(),
                             position_ids=positions, use_cache=False, logits_to_keep=1).logits[:, -1]
-        return torch.log_softmax(logits.float(), dim=-1)[:, label_ids]
+        return _label_values(logits.float(), label_ids, raw)
 
     @torch.inference_mode()
     def _head_gives_the_models_logits(self) -> bool:
@@ -159,6 +163,11 @@ class TransformersEngine:
         head = self.model.get_output_embeddings()(hidden)
         tolerance = 1e-5 if self.model.dtype in (torch.float32, torch.float64) else 2e-2
         return torch.allclose(head.float(), forward.float(), rtol=tolerance, atol=tolerance)
+
+
+def _label_values(logits: torch.Tensor, label_ids: torch.Tensor, raw: bool) -> torch.Tensor:
+    """The labels' raw logits, or their log-probabilities over the full vocabulary."""
+    return logits[:, label_ids] if raw else torch.log_softmax(logits, dim=-1)[:, label_ids]
 
 
 def _default_device() -> torch.device:

@@ -638,6 +638,11 @@ class OpenAIEngine:
     (default: when stderr is a terminal) shows one bar for the calls in flight, with pairs/s and
     failures so far.
 
+    ``logprobs_mode="raw_logits"`` says that the server is a vLLM started with
+    ``--logprobs-mode raw_logits``: its "logprobs" are then the label tokens' raw logits, which
+    recipes scored by a raw logit need (bge-reranker-v2-gemma); the engine answers only
+    ``Labels(kind="logits")`` then. genrank cannot check the server's mode: state it truly.
+
     ``close()`` (or ``with engine:``) ends the background thread and sessions now; ``aclose()``
     (or ``async with engine:``) also closes the running loop's session. Otherwise they end when
     the engine is garbage-collected, when their event loop ends, or at interpreter exit.
@@ -651,7 +656,8 @@ class OpenAIEngine:
                  tokenizer: Any | None = None, requests_per_second: float | None = None,
                  tokens_per_minute: float | None = None, default_headers: Mapping[str, str] | None = None,
                  default_query: Mapping[str, str | int | float] | None = None,
-                 show_progress: bool | None = None, trust_remote_code: bool = False):
+                 show_progress: bool | None = None, trust_remote_code: bool = False,
+                 logprobs_mode: Literal["raw_logprobs", "raw_logits"] = "raw_logprobs"):
         if mode not in ("chat", "completions"):
             raise ValueError(f"mode must be 'chat' or 'completions', got {mode!r}")
         if content not in ("data", "verbatim"):
@@ -676,6 +682,9 @@ class OpenAIEngine:
                              f"the first has no answer in time, from 0 (never) to 1, got {backup_requests!r}")
         if top_logprobs is not None and (not isinstance(top_logprobs, int) or not 1 <= top_logprobs <= 20):
             raise ValueError(f"top_logprobs must be an integer 1..20 or None (as many as allowed), got {top_logprobs!r}")
+        if logprobs_mode not in ("raw_logprobs", "raw_logits"):
+            raise ValueError("logprobs_mode must be 'raw_logprobs' (the server's default) or 'raw_logits' (a vLLM "
+                             f"server started with --logprobs-mode raw_logits), got {logprobs_mode!r}")
         if label_token_ids not in ("auto", True, False):
             raise ValueError(f"label_token_ids must be 'auto', True or False, got {label_token_ids!r}")
         self.model = model
@@ -689,6 +698,8 @@ class OpenAIEngine:
         self.max_retries = max_retries
         self.backup_requests = float(backup_requests)
         self.label_token_ids = label_token_ids
+        self.logprobs_mode = logprobs_mode
+        self.label_kinds = ("logits",) if logprobs_mode == "raw_logits" else ("logprobs",)
         self.show_progress = show_progress
         self._api_key = api_key or os.environ.get("GENRANK_API_KEY") or os.environ.get("OPENAI_API_KEY")
         if self._api_key and URL(self.base_url).user is not None:  # aiohttp allows one kind of credentials
@@ -715,6 +726,9 @@ class OpenAIEngine:
         self._background = _Background()
         self._progress = _Progress()
         weakref.finalize(self, _close_all, self._background, self._queues)
+
+    raw_logits_hint = ("If the server is a vLLM started with --logprobs-mode raw_logits, pass "
+                       "logprobs_mode='raw_logits' to OpenAIEngine")
 
     @property
     def tokenizer(self) -> Any | None:
@@ -751,13 +765,19 @@ class OpenAIEngine:
         n = len(prompts)
         values = np.full((n, len(labels.texts)), -np.inf)
         errors: dict[int, str] = {}
+        if labels.kind not in self.label_kinds:
+            raise ValueError(f"OpenAIEngine(logprobs_mode={self.logprobs_mode!r}) returns label {self.label_kinds[0]}, "
+                             f"not {labels.kind}" + (f". {self.raw_logits_hint}" if labels.kind == "logits" else ""))
         if not n:
-            return LabelLogprobs(values)
+            return LabelLogprobs(values, kind=labels.kind)
         queue = self._queue()
         if self._server is None:
             self._server = await self._detect_server(queue.session)
         request, ids, altered = await self._request_builder(queue.session, prompts, labels)
-        extract = _extractor(labels, ids)
+        if labels.kind == "logits" and ids is None:
+            raise ValueError("raw label logits need a vLLM server (0.32 or later) that returns the logprobs of "
+                             "chosen token ids (logprob_token_ids); this server does not")
+        extract = _extractor(labels, ids, raw=labels.kind == "logits")
         show = self.show_progress if self.show_progress is not None else sys.stderr.isatty()
         with self._progress.call(n, show) as progress:
 
@@ -773,7 +793,7 @@ class OpenAIEngine:
             await queue.run(_Job(grouped_by_query(prompts), fetch))
         if errors:
             log.warning("%d of %d requests failed; first: %s", len(errors), n, errors[min(errors)])
-        return LabelLogprobs(values, errors, altered)
+        return LabelLogprobs(values, errors, altered, labels.kind)
 
     def close(self) -> None:
         """End the background thread and close the sessions (those of other event loops at their next turn)."""
@@ -1097,14 +1117,19 @@ class OpenAIEngine:
         return URL(f"{base}/{path}").update_query(self._query)
 
 
-def _extractor(labels: Labels, ids: tuple[int, ...] | None) -> _Extract:
+def _extractor(labels: Labels, ids: tuple[int, ...] | None, raw: bool = False) -> _Extract:
     """A function from a response to the (K,) label log-probs.
 
     Tokens are matched to labels by id when the server returns ``token_id:N`` forms, else by text
     after stripping whitespace ("7", " 7" and "7\\n" are one label, their probabilities summed);
     other tokens are ignored. A response without log-probs for the first token is rejected (the
     server ignores ``logprobs``; asking again returns the same), a malformed one is transient.
+    ``raw``: the values are raw logits (``--logprobs-mode raw_logits``), matched by id and taken as
+    they are; a label without one is -inf (the scorer reports that pair).
     """
+    if raw:
+        return _raw_extractor(labels, ids or ())
+
     match = {t.strip(): k for k, t in enumerate(labels.texts)}
     match.update({f"{_TOKEN_ID_PREFIX}{t}": k for k, t in enumerate(ids or ())})
     k_labels = len(labels.texts)
@@ -1128,6 +1153,30 @@ def _extractor(labels: Labels, ids: tuple[int, ...] | None) -> _Extract:
         except (KeyError, IndexError, TypeError, AttributeError, ValueError):
             raise _Transient("response has no usable first-token top logprobs") from None
         return [math.log(min(p, 1.0)) if p > 0.0 else -math.inf for p in probs]
+
+    return extract
+
+
+def _raw_extractor(labels: Labels, ids: tuple[int, ...]) -> _Extract:
+    """Raw label logits from a vLLM server run with ``--logprobs-mode raw_logits``, by token id."""
+    where = {f"{_TOKEN_ID_PREFIX}{t}": k for k, t in enumerate(ids)}
+
+    def extract(data: dict) -> list[float]:
+        out = [-math.inf] * len(labels.texts)
+        try:
+            logprobs = data["choices"][0].get("logprobs") or {}
+            chat = "content" in logprobs
+            first = logprobs.get("content" if chat else "top_logprobs")
+            if not first:
+                raise _Rejected("the server returned no logprobs for the first token (does it support logprobs?)")
+            top = ((e["token"], e["logprob"]) for e in first[0]["top_logprobs"]) if chat else first[0].items()
+            for token, value in top:
+                k = where.get(token.strip())
+                if k is not None:
+                    out[k] = float(value)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            raise _Transient("response has no usable first-token logprobs") from None
+        return out
 
     return extract
 
