@@ -34,11 +34,14 @@ class PieceBuilder:
     ``max_length`` is what the recipe's authors call max_length (the recipe's own by default):
     each piece with ``max_share`` is cut to ``floor(max_length * max_share)`` tokens, then the
     pieces named in ``[truncate] count`` are cut to ``max_length`` plus the lengths of the pieces
-    in ``plus``, from the end of the pieces in ``cut``. ``Prompts.texts`` are the decoded ids;
+    in ``plus``, from the end of the pieces in ``cut``. With ``[truncate] within_model``,
+    ``max_length`` is first lowered to ``max_positions`` (the model's ``max_position_embeddings``,
+    when the engine knows it) less the pieces outside ``count``. ``Prompts.texts`` are the decoded ids;
     ``Prompts.documents`` the documents before the cut.
     """
 
-    def __init__(self, template: Template, tokenizer: Any, max_length: int | None = None):
+    def __init__(self, template: Template, tokenizer: Any, max_length: int | None = None,
+                 max_positions: int | None = None):
         if not template.pieces:
             raise ValueError(f"recipe {template.name!r} has no pieces; use PromptBuilder")
         if tokenizer is None:
@@ -62,9 +65,20 @@ class PieceBuilder:
                 self._constant[piece.name] = self._encode_text([piece.text])[0]
             else:
                 self._check_own_text(piece)
-        self._caps = {p.name: math.floor(max_length * p.max_share) for p in template.pieces if p.max_share}
         names = [p.name for p in template.pieces]
         rule = template.truncation
+        if rule.within_model and max_positions is not None:
+            outside = [n for n in names if n not in rule.count]
+            if any(n not in self._constant for n in outside):
+                raise TemplateError(f"recipe {template.name!r}: [truncate] within_model needs the pieces outside "
+                                    f"count ({outside}) to hold no fields")
+            room = max_positions - sum(len(self._constant[n]) for n in outside)
+            if room < max_length:
+                log.info("recipe %r: max_length %d lowered to %d, what the model's %d positions leave",
+                         template.name, max_length, room, max_positions)
+                max_length = room
+                self.max_length = room
+        self._caps = {p.name: math.floor(max_length * p.max_share) for p in template.pieces if p.max_share}
         self._count = [names.index(n) for n in rule.count]
         self._plus = [names.index(n) for n in rule.plus]
         self._cut = [names.index(n) for n in rule.cut]
@@ -168,14 +182,16 @@ class PieceBuilder:
 
 
 def prompt_builder(template: Template, tokenizer: Any | None, max_length: int | None,
-                   prompt_format: str = "tokens") -> PromptBuilder | PieceBuilder:
-    """The builder for a recipe and an engine: its pieces for token ids, its chat form for chat engines."""
+                   prompt_format: str = "tokens", max_positions: int | None = None) -> PromptBuilder | PieceBuilder:
+    """The builder for a recipe and an engine: its pieces for token ids, its chat form for chat engines.
+
+    ``max_positions`` is the model's ``max_position_embeddings`` where the engine knows it."""
     if template.pieces and (prompt_format == "tokens" or not template.has_chat):
         if prompt_format != "tokens":
             raise ValueError(f"recipe {template.name!r} is built without a chat template, from separately tokenized "
                              "pieces, so it needs an engine that takes token ids (for OpenAIEngine: "
                              "mode='completions' with the model's tokenizer)")
-        return PieceBuilder(template, tokenizer, max_length)
+        return PieceBuilder(template, tokenizer, max_length, max_positions)
     return PromptBuilder(template, tokenizer, max_length if max_length is not None else (template.max_length or 1024))
 
 

@@ -134,7 +134,8 @@ class Reranker:
         self.engine = make_engine(engine, model, raw_logits=self.template.score.accepts == ("logits",),
                                   **engine_options)
         self.rule = self.template.score_rule(getattr(self.engine, "model_name", None) or model, normalize)
-        self.builder = prompt_builder(self.template, self.engine.tokenizer, max_length, self.engine.prompt_format)
+        self.builder = prompt_builder(self.template, self.engine.tokenizer, max_length, self.engine.prompt_format,
+                                      getattr(self.engine, "max_positions", None))
         if self.engine.prompt_format == "tokens" and self.builder.labels.token_ids is None:
             raise ValueError(f"engine {type(self.engine).__name__} needs a tokenizer")
         if long_documents == "chunks" and self.engine.tokenizer is None:

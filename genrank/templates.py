@@ -63,12 +63,14 @@ class Truncation:
     The pieces named in ``count`` may hold ``max_length`` tokens plus the lengths of the pieces
     named in ``plus``; the excess is cut from the end of the pieces named in ``cut`` (taken as
     one sequence), and nothing is cut when they are not longer than the excess (as transformers'
-    ``truncation="only_second"`` does).
+    ``truncation="only_second"`` does). ``within_model``: ``max_length`` is first lowered so that
+    the whole prompt fits the model's ``max_position_embeddings`` (mxbai-rerank's rule).
     """
 
     count: tuple[str, ...]
     cut: tuple[str, ...]
     plus: tuple[str, ...] = ()
+    within_model: bool = False
 
 
 @dataclass(frozen=True)
@@ -337,7 +339,14 @@ def _truncation(raw: Any, pieces: tuple[Piece, ...], fail: Callable[[str], Templ
     if not isinstance(raw, dict):
         raise fail(f"[truncate] must be a table, got {raw!r}")
     document = next(p.name for p in pieces if "document" in p.fields)
-    rule = Truncation(tuple(raw.get("count", names)), tuple(raw.get("cut", [document])), tuple(raw.get("plus", [])))
+    unknown = set(raw) - {"count", "cut", "plus", "within_model"}
+    if unknown:
+        raise fail(f"[truncate] has unknown keys {sorted(unknown)}")
+    within = raw.get("within_model", False)
+    if not isinstance(within, bool):
+        raise fail(f"[truncate] within_model must be true or false, got {within!r}")
+    rule = Truncation(tuple(raw.get("count", names)), tuple(raw.get("cut", [document])), tuple(raw.get("plus", [])),
+                      within)
     for key in ("count", "cut", "plus"):
         bad = [n for n in getattr(rule, key) if n not in names]
         if bad:

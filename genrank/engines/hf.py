@@ -79,6 +79,11 @@ class TransformersEngine:
         return self._tokenizer
 
     @property
+    def max_positions(self) -> int | None:
+        """The model's ``max_position_embeddings`` (some recipes fit their prompts to it)."""
+        return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+
+    @property
     def model_name(self) -> str:
         """The model's name or path, as loaded."""
         return self.model.name_or_path

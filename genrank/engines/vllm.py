@@ -107,6 +107,13 @@ class VLLMEngine:
         return self._llm.llm_engine.model_config.model if self._llm is not None else self._model
 
     @property
+    def max_positions(self) -> int | None:
+        """The model's ``max_position_embeddings`` (some recipes fit their prompts to it); None before a pooling LLM exists."""
+        if self._llm is None:
+            return None
+        return getattr(self._llm.llm_engine.model_config.hf_text_config, "max_position_embeddings", None)
+
+    @property
     def label_kinds(self) -> tuple[str, ...]:
         """("logits",) for a generate LLM made with logprobs_mode="raw_logits", else ("logprobs",)."""
         if self.method == "generate" and self._logprobs_mode() == "raw_logits":
