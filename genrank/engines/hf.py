@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from ..prompts import Labels, Prompts
 from .base import LabelLogprobs
+from .loading import pretrained
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,12 @@ class TransformersEngine:
                     raise ValueError(f"dtype must be a torch dtype or its name such as 'bfloat16', got {dtype!r}")
                 dtype = getattr(torch, dtype)
             name = model
-            self.model = AutoModelForCausalLM.from_pretrained(
-                model, dtype=dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32),
+            self.model = pretrained(
+                AutoModelForCausalLM.from_pretrained, model, dtype=dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32),
                 trust_remote_code=trust_remote_code, **from_pretrained)
         self.model.to(self.device).eval()
-        self._tokenizer = tokenizer or AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        self._tokenizer = tokenizer or pretrained(AutoTokenizer.from_pretrained, name, filename="tokenizer_config.json",
+                                                   trust_remote_code=trust_remote_code)
         self.max_batch_tokens = max_batch_tokens or (65536 if self.device.type == "cuda" else 8192)
         self.max_batch_size = max_batch_size
         self._decoder = self.model.get_decoder()
