@@ -56,7 +56,8 @@ class TransformersEngine:
                 dtype = getattr(torch, dtype)
             name = model
             self.model = pretrained(
-                AutoModelForCausalLM.from_pretrained, model, dtype=dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32),
+                AutoModelForCausalLM.from_pretrained, model,
+                dtype=dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32),
                 trust_remote_code=trust_remote_code, **from_pretrained)
         self.model.to(self.device).eval()
         self._tokenizer = tokenizer or pretrained(AutoTokenizer.from_pretrained, name, filename="tokenizer_config.json",

@@ -1284,10 +1284,13 @@ def _load_tokenizer(tokenizer: Any | None, trust_remote_code: bool) -> Any | Non
         return tokenizer
     try:
         from transformers import AutoTokenizer
+
+        from .loading import pretrained
     except ImportError:
         raise ImportError("loading a tokenizer by name needs transformers: pip install transformers") from None
     try:
-        return AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=trust_remote_code)
+        return pretrained(AutoTokenizer.from_pretrained, tokenizer, filename="tokenizer_config.json",
+                          trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot load the tokenizer {tokenizer!r} (completions mode and prompt truncation need "
                          f"the model's tokenizer; pass tokenizer=NAME_OR_PATH or a tokenizer object): {e}") from None

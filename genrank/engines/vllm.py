@@ -35,6 +35,7 @@ from vllm.inputs import TokensPrompt
 
 from ..prompts import Labels, Prompts
 from .base import LabelLogprobs, grouped_by_query
+from .loading import cache_only
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class VLLMEngine:
                 self._check_generate_llm()
         else:
             self.method = method or "generate"
+            # fails within seconds, in one line, when the model cannot be fetched (vLLM reads a cached one itself)
+            cache_only(model, revision=vllm_kwargs.get("revision"))
             if self.method == "generate":
                 self._llm = vllm.LLM(model, **vllm_kwargs)
                 self._check_generate_llm()
