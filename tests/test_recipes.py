@@ -232,3 +232,87 @@ def test_raw_logit_recipe_on_a_remote_engine_needs_the_servers_mode(models):
     with pytest.raises(ValueError, match="needs an engine that takes token ids"):
         Reranker(engine=OpenAIEngine("bge", base_url="http://127.0.0.1:9/v1", tokenizer=str(models["gemma"]),
                                      logprobs_mode="raw_logits"), template="bge-reranker-v2-gemma")
+
+
+@pytest.fixture(scope="module")
+def bge(models):
+    return Reranker(str(models["gemma"]), engine="hf", device="cpu")  # the recipe follows the model
+
+
+def test_serve_with_a_raw_logit_recipe_and_instructions(bge):
+    import asyncio
+
+    import httpx
+
+    from genrank.serve import create_app
+
+    docs = [PAIRS[0][1], PAIRS[1][1]]
+    want = bge.score_details([(PAIRS[0][0], d) for d in docs])
+    instructed = bge.score_details([(PAIRS[0][0], d) for d in docs], ["Is B about A?"] * 2)
+
+    async def run(client):
+        for _ in range(3000):
+            if (await client.get("/health")).status_code == 200:
+                break
+            await asyncio.sleep(0.01)
+        plain = (await client.post("/v2/rerank", json={"query": PAIRS[0][0], "documents": docs})).json()
+        vllm_style = (await client.post("/v1/rerank", json={"query": PAIRS[0][0], "documents": docs,
+                                                            "instruction": "Is B about A?"})).json()
+        sglang_style = (await client.post("/rerank", json={"query": PAIRS[0][0], "texts": docs, "raw_scores": True,
+                                                           "instruct": "Is B about A?"})).json()
+        both = await client.post("/v2/rerank", json={"query": "q", "documents": ["d"], "instruction": "a",
+                                                     "instruct": "b"})
+        return plain, vllm_style, sglang_style, both
+
+    async def main():
+        app = create_app(bge)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=120) as client:
+                return await run(client)
+
+    plain, vllm_style, sglang_style, both = asyncio.run(main())
+    for body, scored in ((plain, want), (vllm_style, instructed)):
+        for r in body["results"]:
+            assert r["genrank"]["score"] == pytest.approx(scored.score[r["index"]], abs=1e-9)  # the raw logit
+            assert r["relevance_score"] == pytest.approx(1 / (1 + math.exp(-scored.score[r["index"]])), abs=1e-9)
+            assert r["genrank"]["label_mass"] is None  # unknown from raw logits
+    assert {r["index"]: r["score"] for r in sglang_style} == pytest.approx(dict(enumerate(instructed.score)), abs=1e-9)
+    assert both.status_code == 422 and "two names for one field" in both.json()["message"]
+
+
+def test_serve_refuses_an_instruction_the_recipe_cannot_take(hf_engine):
+    import asyncio
+
+    import httpx
+
+    from genrank.serve import create_app
+
+    async def main():
+        app = create_app(Reranker(engine=hf_engine, template="lb-reranker-v1"))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://app", timeout=120) as client:
+                for _ in range(3000):
+                    if (await client.get("/health")).status_code == 200:
+                        break
+                    await asyncio.sleep(0.01)
+                return await client.post("/v2/rerank", json={"query": "q", "documents": ["d"], "instruction": "x"})
+
+    r = asyncio.run(main())
+    assert r.status_code == 422
+    assert r.json()["field"] == "instruction" and "'lb-reranker-v1' takes no instruction" in r.json()["message"]
+
+
+def test_langchain_adapter_with_a_raw_logit_recipe(bge):
+    pytest.importorskip("langchain_core")
+    from langchain_core.documents import Document
+
+    from genrank.integrations.langchain import GenrankRerank
+
+    docs = [Document(page_content=d) for _, d in PAIRS]
+    result = GenrankRerank(reranker=bge, top_n=3).compress_documents(docs, PAIRS[0][0])
+    want = bge.score_details([(PAIRS[0][0], d) for _, d in PAIRS])
+    assert [d.metadata["genrank_score"] for d in result] == pytest.approx(sorted(want.score, reverse=True), abs=1e-9)
+    for d in result:
+        assert d.metadata["relevance_score"] == pytest.approx(1 / (1 + math.exp(-d.metadata["genrank_score"])))
