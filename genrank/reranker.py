@@ -134,13 +134,14 @@ class Reranker:
         self.engine = make_engine(engine, model, raw_logits=self.template.score.accepts == ("logits",),
                                   **engine_options)
         self.rule = self.template.score_rule(getattr(self.engine, "model_name", None) or model, normalize)
+        kind = self._value_kind()  # before the prompts: a setup error every request would share
         self.builder = prompt_builder(self.template, self.engine.tokenizer, max_length, self.engine.prompt_format,
                                       getattr(self.engine, "max_positions", None))
         if self.engine.prompt_format == "tokens" and self.builder.labels.token_ids is None:
             raise ValueError(f"engine {type(self.engine).__name__} needs a tokenizer")
         if long_documents == "chunks" and self.engine.tokenizer is None:
             raise ValueError("long_documents='chunks' needs the model's tokenizer (pass tokenizer=... to the engine)")
-        self.labels = replace(self.builder.labels, kind=self._value_kind())
+        self.labels = replace(self.builder.labels, kind=kind)
         self.normalize = self.rule.normalize
         self.instruction = instruction
         self.long_documents = long_documents
