@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .engines import Engine, LabelLogprobs, make_engine
 from .engines.base import label_kinds
-from .pieces import prompt_builder
+from .pieces import PieceBuilder, prompt_builder
 from .prompts import LONG_DOCUMENTS, LongDocuments, Prompts
 from .templates import DEFAULT_TEMPLATE, Template, load_template, template_for_model
 
@@ -141,6 +141,9 @@ class Reranker:
             raise ValueError(f"engine {type(self.engine).__name__} needs a tokenizer")
         if long_documents == "chunks" and self.engine.tokenizer is None:
             raise ValueError("long_documents='chunks' needs the model's tokenizer (pass tokenizer=... to the engine)")
+        if long_documents == "chunks" and isinstance(self.builder, PieceBuilder):
+            raise ValueError(f"long_documents='chunks' is not available with recipe {self.template.name!r}, whose "
+                             "authors' code cuts long documents; use long_documents='truncate'")
         self.labels = replace(self.builder.labels, kind=kind)
         self.normalize = self.rule.normalize
         self.instruction = instruction

@@ -316,3 +316,16 @@ def test_langchain_adapter_with_a_raw_logit_recipe(bge):
     assert [d.metadata["genrank_score"] for d in result] == pytest.approx(sorted(want.score, reverse=True), abs=1e-9)
     for d in result:
         assert d.metadata["relevance_score"] == pytest.approx(1 / (1 + math.exp(-d.metadata["genrank_score"])))
+
+
+def test_remote_raw_logits_are_read_by_token_id_as_they_are():
+    """A vLLM server run with --logprobs-mode raw_logits returns raw logits under "logprobs" (positive ones too)."""
+    from genrank.engines.openai import _extractor
+    from genrank.prompts import Labels
+
+    extract = _extractor(Labels(("Yes",), (7,), "logits"), (7,), raw=True)
+    completions = {"choices": [{"logprobs": {"top_logprobs": [{"token_id:7": 3.5, "token_id:9": 9.0}]}}]}
+    chat = {"choices": [{"logprobs": {"content": [{"token": "token_id:9", "logprob": 9.0, "top_logprobs": [
+        {"token": "token_id:9", "logprob": 9.0}, {"token": "token_id:7", "logprob": -2.25}]}]}}]}
+    assert extract(completions) == [3.5] and extract(chat) == [-2.25]
+    assert extract({"choices": [{"logprobs": {"top_logprobs": [{"token_id:9": 9.0}]}}]}) == [-math.inf]
