@@ -3,10 +3,11 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from .engines import Engine, LabelLogprobs
+from .pieces import PieceBuilder
 from .prompts import Labels, PromptBuilder, Prompts
 from .reranker import Reranker, ScoredPairs, ScoringError
-from .scorer import Scores, ZeroLabelMassWarning, expected_scores
-from .templates import Template, TemplateError, list_templates, load_template
+from .scorer import ScoreRule, Scores, ZeroLabelMassWarning, expected_scores
+from .templates import Template, TemplateError, list_templates, load_template, template_for_model
 
 try:
     __version__ = version("genrank")
@@ -14,7 +15,7 @@ except PackageNotFoundError:  # pragma: no cover - source checkout without insta
     __version__ = "0.0.0"
 
 __all__ = [
-    "Engine", "LabelLogprobs", "Labels", "PromptBuilder", "Prompts", "Reranker", "ScoredPairs",
-    "ScoringError", "Scores", "Template", "TemplateError", "ZeroLabelMassWarning", "expected_scores",
-    "list_templates", "load_template",
+    "Engine", "LabelLogprobs", "Labels", "PieceBuilder", "PromptBuilder", "Prompts", "Reranker", "ScoreRule",
+    "ScoredPairs", "ScoringError", "Scores", "Template", "TemplateError", "ZeroLabelMassWarning", "expected_scores",
+    "list_templates", "load_template", "template_for_model",
 ]
