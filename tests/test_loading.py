@@ -11,6 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from conftest import SEED_DOCUMENTS, SEED_QUERY
+
 SCRIPT = r"""
 import contextlib, io, json, logging, sys, time
 import genrank.cli
@@ -75,3 +78,22 @@ def test_a_model_that_cannot_be_fetched_fails_in_seconds_with_one_line(tiny_mode
 
     assert out["cached"] == "genrank-tests/tiny"
     assert "loading 'genrank-tests/tiny' from the local cache" in proc.stdout
+
+
+@pytest.mark.parametrize("engine", ["hf", "vllm"])
+def test_the_rank_command_prints_its_table_and_nothing_from_the_libraries(engine, tiny_model_dir, tmp_path):
+    """No "Loading weights" bar (transformers), no vLLM log line in the command's output."""
+    if engine == "vllm":
+        pytest.importorskip("vllm")
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n".join(SEED_DOCUMENTS) + "\n")
+    options = ["-E", "dtype=float32", "-E", "max_model_len=1024", "-E", "enforce_eager=true"] if engine == "vllm" else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    out = subprocess.run([sys.executable, "-m", "genrank.cli", "rank", SEED_QUERY, "--docs", str(docs), "--model",
+                          str(tiny_model_dir), "--engine", engine, *options],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["rank", "score", "id", "document"]
+    assert [line.split()[0] for line in lines[1:]] == [str(n) for n in range(1, len(SEED_DOCUMENTS) + 1)]
+    assert "Loading weights:" not in out.stderr  # the bar; vLLM logs "Loading weights took 0.02 seconds"
