@@ -87,7 +87,7 @@ def test_the_rank_command_prints_its_table_and_nothing_from_the_libraries(engine
         pytest.importorskip("vllm")
     docs = tmp_path / "docs.txt"
     docs.write_text("\n".join(SEED_DOCUMENTS) + "\n")
-    options = ["-E", "dtype=float32", "-E", "max_model_len=1024", "-E", "enforce_eager=true"] if engine == "vllm" else []
+    options = ["-E", "dtype=float32", "-E", "max_model_len=1024", "-E", "enforce_eager=true"] * (engine == "vllm")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
     out = subprocess.run([sys.executable, "-m", "genrank.cli", "rank", SEED_QUERY, "--docs", str(docs), "--model",
                           str(tiny_model_dir), "--engine", engine, *options],

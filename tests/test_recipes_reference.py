@@ -124,7 +124,7 @@ def _of(cases: list[Case], recipe: str) -> list[Case]:
 def test_the_fixtures_were_made_on_the_tiny_models_built_here(models, fixtures):
     for recipe, fixture in fixtures.items():
         built = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(models[recipe].iterdir())}
-        assert built == fixture["model"], f"tests/tiny_model.py no longer builds the model {FIXTURES[recipe]} was made on"
+        assert built == fixture["model"], f"tests/tiny_model.py no longer builds the model of {FIXTURES[recipe]}"
 
 
 def test_the_reference_scores_spread_far_beyond_the_tolerance(cases):
@@ -190,7 +190,7 @@ def test_vllm_in_process_matches_the_authors(vllm_llm, cases):
 
 @pytest.fixture(scope="module", params=RECIPES)
 def vllm_served(request, models, tmp_path_factory):
-    """A real ``vllm serve`` of each recipe model, one at a time (--logprobs-mode raw_logits for the raw-logit recipe)."""
+    """A real ``vllm serve`` of each recipe model, one at a time (--logprobs-mode raw_logits for bge)."""
     recipe = request.param
     args = ["--logprobs-mode", "raw_logits"] if recipe == "bge-reranker-v2-gemma" else []
     with vllm_server(models[recipe], tmp_path_factory.mktemp("vllm-" + recipe), *args) as url:
