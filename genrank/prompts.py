@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from .scorer import ValueKind
 from .templates import Template, TemplateError
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,12 @@ _WORD_JOINER = "\u2060"
 
 @dataclass(frozen=True)
 class Labels:
-    """The label strings of a template and, where a tokenizer is known, their token ids."""
+    """The label strings of a template, their token ids where a tokenizer is known, and what the
+    engine is asked for: ``kind="logprobs"`` (log-probabilities) or ``"logits"`` (raw logits)."""
 
     texts: tuple[str, ...]
     token_ids: tuple[int, ...] | None = None
+    kind: ValueKind = "logprobs"
 
 
 @dataclass
