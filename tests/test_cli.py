@@ -128,8 +128,8 @@ def test_refusals_are_one_line_and_bugs_show_their_traceback(tiny_model_dir, doc
 
     base = ["rank", SEED_QUERY, "--docs", str(docs_file), "-m", str(tiny_model_dir), "-e", "hf"]
     assert main([*base, "--max-length", "8"]) == 2  # genrank's own refusal
-    err = capsys.readouterr().err  # after the weights' loading bar
-    assert "\ngenrank: error: max_length=8 leaves no room" in err and "Traceback" not in err
+    err = capsys.readouterr().err  # the weights' loading bar is off: the error is all there is
+    assert err.startswith("genrank: error: max_length=8 leaves no room") and len(err.splitlines()) == 1
     assert main(["rank", "q", "--docs", str(docs_file), "-m", str(tiny_model_dir / "missing"), "-e", "hf"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("genrank: error: cannot load the model:") and len(err.splitlines()) == 1

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import GenrankError
 from ..templates import Template, template_sha256
 
 FORMAT = "genrank-calibration"
@@ -30,7 +31,7 @@ VERSION = 1
 METHODS = ("platt", "isotonic")
 
 
-class CalibrationError(ValueError):
+class CalibrationError(GenrankError):
     """A calibration file that cannot be read, or one that does not fit this Reranker."""
 
 

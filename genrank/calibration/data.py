@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .. import io
+from ..errors import InputError
 from ..evaluate import load_beir, load_first_stage, load_qrels
 
 
@@ -57,7 +58,7 @@ class LabelledPairs:
 def check_grade(relevant_grade: Any) -> float:
     if isinstance(relevant_grade, bool) or not isinstance(relevant_grade, (int, float)) \
             or not math.isfinite(relevant_grade):
-        raise ValueError(f"relevant_grade must be a number, got {relevant_grade!r}")
+        raise InputError(f"relevant_grade must be a number, got {relevant_grade!r}")
     return relevant_grade
 
 
@@ -70,11 +71,11 @@ def from_beir(folder: str | os.PathLike, *, run_file: str | os.PathLike | None =
     folder = Path(folder)
     qrels_path = folder / "qrels" / f"{split}.tsv"
     if not folder.is_dir():
-        raise ValueError(f"BEIR folder {str(folder)!r} does not exist")
+        raise InputError(f"BEIR folder {str(folder)!r} does not exist")
     if not qrels_path.is_file():
         found = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
         others = f"; it has qrels for {', '.join(found)} (choose with --split)" if found else ""
-        raise ValueError(f"BEIR folder {str(folder)!r} has no qrels/{split}.tsv: calibration needs relevance "
+        raise InputError(f"BEIR folder {str(folder)!r} has no qrels/{split}.tsv: calibration needs relevance "
                          f"judgements{others}")
     if judged_only:
         judged = {d for docs in load_qrels(qrels_path).values() for d in docs}
@@ -95,7 +96,7 @@ def from_beir(folder: str | os.PathLike, *, run_file: str | os.PathLike | None =
             else:
                 no_document += 1
     if not rows:
-        raise ValueError(f"BEIR folder {str(folder)!r} gives no pairs to calibrate on")
+        raise InputError(f"BEIR folder {str(folder)!r} gives no pairs to calibrate on")
     grades = [None if g is None else float(g) for _, _, g in rows]
     source = {"kind": "beir", "path": os.path.abspath(folder), "qrels": f"qrels/{split}.tsv",
               "judged_only": judged_only,
@@ -117,7 +118,7 @@ def from_file(path: str | os.PathLike, *, format: str | None = None, query_field
     Any bad row is a ValueError naming its line (or row) and field."""
     check_grade(relevant_grade)
     if not os.path.exists(path):
-        raise ValueError(f"labelled data {str(path)!r} does not exist")
+        raise InputError(f"labelled data {str(path)!r} does not exist")
     fmt = io.detect_format(path, format)
     fields = io.Fields(query_field, document_field)
     query_ids, queries, documents, grades = [], [], [], []
@@ -125,7 +126,7 @@ def from_file(path: str | os.PathLike, *, format: str | None = None, query_field
                                                            *([query_id_field] if query_id_field else [])]):
         row = io.parse_row(record, index, where, fields)
         if row.error is not None:
-            raise ValueError(f"{str(path)!r} {row.error}")
+            raise InputError(f"{str(path)!r} {row.error}")
         grades.append(_grade(record.get(label_field), label_field, where, path))
         queries.append(row.query)
         documents.append(row.documents[0])
@@ -134,11 +135,11 @@ def from_file(path: str | os.PathLike, *, format: str | None = None, query_field
         else:
             qid = record.get(query_id_field)
             if qid is None or isinstance(qid, (float, bool, list, dict)):
-                raise ValueError(f"{str(path)!r} {where}: field {query_id_field!r} must be a string or an integer, "
+                raise InputError(f"{str(path)!r} {where}: field {query_id_field!r} must be a string or an integer, "
                                  f"got {qid!r:.80}")
             query_ids.append(str(qid))
     if not grades:
-        raise ValueError(f"labelled data {str(path)!r} has no rows")
+        raise InputError(f"labelled data {str(path)!r} has no rows")
     source = {"kind": "file", "path": os.path.abspath(path), "format": fmt, "label_field": label_field,
               "query_id": query_id_field or "the query text", "relevant": f"{label_field} >= {relevant_grade:g}"}
     return LabelledPairs(query_ids, queries, documents, _labels(grades, relevant_grade), grades, source)
@@ -159,7 +160,7 @@ def _grade(value: Any, name: str, where: str, path: Any) -> float:
         except ValueError:
             pass
     if number is None or not math.isfinite(number):
-        raise ValueError(f"{str(path)!r} {where}: field {name!r} must be a number (0/1, or a grade with "
+        raise InputError(f"{str(path)!r} {where}: field {name!r} must be a number (0/1, or a grade with "
                          f"--relevant-grade), got {value!r:.80}")
     return number
 
@@ -175,9 +176,9 @@ def _records(path: Path, fmt: str, columns: list[str]) -> Iterator[tuple[int, st
                 try:
                     record = json.loads(line)
                 except ValueError as e:
-                    raise ValueError(f"{str(path)!r} line {n} is not valid JSON: {e}") from None
+                    raise InputError(f"{str(path)!r} line {n} is not valid JSON: {e}") from None
                 if not isinstance(record, dict):
-                    raise ValueError(f"{str(path)!r} line {n}: expected an object with fields, got {record!r:.80}")
+                    raise InputError(f"{str(path)!r} line {n}: expected an object with fields, got {record!r:.80}")
                 yield index, f"line {n}", record
                 index += 1
     elif fmt == "csv":
@@ -201,7 +202,7 @@ def _records(path: Path, fmt: str, columns: list[str]) -> Iterator[tuple[int, st
 def _check_columns(path: Path, names: list[str], columns: list[str]) -> None:
     missing = [c for c in columns if c not in names]
     if missing:
-        raise ValueError(f"{str(path)!r} has no column {missing[0]!r} (columns: {', '.join(names) or 'none'})")
+        raise InputError(f"{str(path)!r} has no column {missing[0]!r} (columns: {', '.join(names) or 'none'})")
 
 
 __all__ = ["LabelledPairs", "from_beir", "from_file"]

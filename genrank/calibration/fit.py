@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
 from .calibrator import METHODS, Calibration
 
 ECE_BINS = 15
@@ -66,10 +67,10 @@ def split_by_query(query_ids: list[str] | np.ndarray, held_out: float = 0.3, see
     from sklearn.model_selection import GroupShuffleSplit
 
     if not 0 < held_out < 1:
-        raise ValueError(f"the held-out share must be between 0 and 1, got {held_out!r}")
+        raise InputError(f"the held-out share must be between 0 and 1, got {held_out!r}")
     groups = np.asarray(query_ids, dtype=object)
     queries = len(set(groups.tolist()))
-    too_few = ValueError(f"{queries} {'query' if queries == 1 else 'queries'} with labelled pairs cannot be split "
+    too_few = InputError(f"{queries} {'query' if queries == 1 else 'queries'} with labelled pairs cannot be split "
                          f"into a fit and a held-out part with --held-out {held_out:g}: that needs at least "
                          f"{queries_needed(held_out)} queries (and hundreds for a trustworthy calibration)")
     if queries < queries_needed(held_out):
@@ -92,7 +93,7 @@ def check_split(labels: np.ndarray, query_ids: list[str], held_out: float = 0.3,
     if positives == 0 or positives == pairs:
         missing = "relevant" if positives == 0 else "not-relevant"
         queries = len(set(np.asarray(query_ids, object)[fit].tolist()))
-        raise ValueError(f"the fit part ({pairs} pairs of {queries} queries) has no {missing} pairs: a calibration "
+        raise InputError(f"the fit part ({pairs} pairs of {queries} queries) has no {missing} pairs: a calibration "
                          "needs both; check the labels and --relevant-grade, or add queries")
     return held
 
@@ -136,7 +137,7 @@ def fit_calibration(score: np.ndarray, relevance: np.ndarray, labels: np.ndarray
     """
     _sklearn()
     if method is not None and method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise InputError(f"method must be one of {METHODS}, got {method!r}")
     score, relevance = np.asarray(score, float), np.asarray(relevance, float)
     labels = np.asarray(labels, int)
     held = check_split(labels, query_ids, held_out, seed)

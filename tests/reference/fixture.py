@@ -14,7 +14,7 @@ import sys
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # tests/, for tiny_model
 
-import tiny_model  # noqa: E402
+import tiny_model  # noqa: E402, F401  (re-exported for the make_*_fixture scripts)
 
 LONG_TEXT = ("The library opens at nine in the morning and closes at six in the evening. "
              "The train to Chicago leaves from platform four at half past eight. ")
