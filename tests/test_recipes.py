@@ -184,6 +184,28 @@ def test_scores_of_each_kind_on_the_transformers_engine(models):
             assert np.isnan(got.label_mass).all()
 
 
+def test_raw_logit_recipe_with_a_calibration_and_thresholds(bge):
+    """Raw logits have no label mass: nothing counts as zero mass (no warning), and a calibration fitted
+    for the recipe maps its logit score; rank takes thresholds and a per-call instruction together."""
+    import warnings
+
+    from genrank.calibration import Calibration, fitted_for
+
+    calibration = Calibration("platt", {"slope": 2.0, "intercept": -1.0}, fitted_for(bge))
+    rr = Reranker(engine=bge.engine, calibration=calibration)
+    assert rr.template.name == "bge-reranker-v2-gemma" and rr.labels.kind == "logits"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = rr.score_details(PAIRS)
+    assert got.zero_mass == 0 and np.isnan(got.label_mass).all() and not got.errors
+    np.testing.assert_allclose(got.probability, 1 / (1 + np.exp(-(2.0 * got.score - 1.0))), atol=1e-12)
+    query, docs = PAIRS[0][0], [d for _, d in PAIRS]
+    ranked = rr.rank(query, docs, instruction="Find who wrote it", min_relevance=0.0, min_probability=0.0)
+    own = rr.rerank(query, docs, instruction="Find who wrote it")
+    assert [r["score"] for r in ranked] == sorted(own.tolist(), reverse=True)
+    assert all("probability" in r for r in ranked)
+
+
 def test_instruction_per_request(models):
     rr = Reranker(str(models["qwen3"]), engine="hf", device="cpu")
     assert rr.template.name == "qwen3-reranker"

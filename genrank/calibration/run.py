@@ -15,11 +15,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 
 from ..batch import BatchSummary, score_file
+from ..errors import InputError
 from ..reranker import Reranker
-from ..scorer import unit_interval
 from .calibrator import Calibration, fitted_for
 from .data import LabelledPairs
 from .fit import ECE_BINS, FitResult, fit_calibration
@@ -51,12 +52,12 @@ def calibrate(reranker: Reranker, pairs: LabelledPairs, output: str | os.PathLik
     ValueError. ``output`` itself is not written: save ``run.result.calibration`` there.
     """
     if reranker.calibration is not None:
-        raise ValueError("calibrate scores with an uncalibrated Reranker; build it without calibration=")
+        raise InputError("calibrate scores with an uncalibrated Reranker; build it without calibration=")
     pairs_path, scores_path = work_paths(output)
     content = pairs.jsonl()
     if not pairs_path.exists() or pairs_path.read_bytes() != content:  # unchanged pairs keep their scores resumable
         if scores_path.exists() and not overwrite:  # refused before anything changes
-            raise ValueError(f"{str(scores_path)!r} holds the scores of other pairs ({str(pairs_path)!r} differs from "
+            raise InputError(f"{str(scores_path)!r} holds the scores of other pairs ({str(pairs_path)!r} differs from "
                              "this data); start over with --overwrite (overwrite=True) or choose another output")
         tmp = pairs_path.with_name(pairs_path.name + ".tmp")
         tmp.write_bytes(content)
@@ -67,12 +68,12 @@ def calibrate(reranker: Reranker, pairs: LabelledPairs, output: str | os.PathLik
     ok = np.isfinite(score)
     if not ok.any():
         first = failed[min(failed)] if failed else "no score"
-        raise ValueError(f"none of the {len(pairs)} pairs could be scored (pair 0: {first})")
+        raise InputError(f"none of the {len(pairs)} pairs could be scored (pair 0: {first})")
     data = {**pairs.summary(), "genrank_version": _version()}
     if failed:
         data["not_scored"] = len(failed)
     keep = np.flatnonzero(ok)
-    result = fit_calibration(score[keep], unit_interval(score[keep], reranker.template.values), pairs.labels[keep],
+    result = fit_calibration(score[keep], reranker.rule.relevance_of(score[keep]), pairs.labels[keep],
                              [pairs.query_ids[i] for i in keep], fitted_for=fitted_for(reranker), data=data,
                              method=method, held_out=held_out, seed=seed)
     return CalibrationRun(result, summary, failed, scores_path)
