@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from ..engines.loading import ModelNotFetchable
 from ..errors import GenrankError, MissingExtra
 from ..prompts import LONG_DOCUMENTS
 from ..reranker import Reranker
@@ -122,6 +123,8 @@ def reranker_from_args(args: argparse.Namespace, **overrides: Any) -> Reranker:
                         long_documents=args.long_documents, instruction=args.instruction,
                         normalize=False if args.card_formula else None, **engine_options(args), **calibration,
                         **overrides)
+    except ModelNotFetchable as e:  # its message says what happened and what to do
+        raise CliError(str(e)) from e
     except OSError as e:
         raise CliError(f"cannot load the model: {e}") from e
 
