@@ -4,10 +4,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 from .engines import Engine, LabelLogprobs
 from .errors import GenrankError
+from .pieces import PieceBuilder
 from .prompts import Labels, PromptBuilder, Prompts
 from .reranker import Reranker, ScoredPairs, ScoringError
-from .scorer import Scores, ZeroLabelMassWarning, expected_scores
-from .templates import Template, TemplateError, list_templates, load_template
+from .scorer import ScoreRule, Scores, ZeroLabelMassWarning, expected_scores
+from .templates import Template, TemplateError, list_templates, load_template, template_for_model
 
 try:
     __version__ = version("genrank")
@@ -15,7 +16,7 @@ except PackageNotFoundError:  # pragma: no cover - source checkout without insta
     __version__ = "0.0.0"
 
 __all__ = [
-    "Engine", "GenrankError", "LabelLogprobs", "Labels", "PromptBuilder", "Prompts", "Reranker", "ScoredPairs",
-    "ScoringError", "Scores", "Template", "TemplateError", "ZeroLabelMassWarning", "expected_scores",
-    "list_templates", "load_template",
+    "Engine", "GenrankError", "LabelLogprobs", "Labels", "PieceBuilder", "PromptBuilder", "Prompts", "Reranker",
+    "ScoreRule", "ScoredPairs", "ScoringError", "Scores", "Template", "TemplateError", "ZeroLabelMassWarning",
+    "expected_scores", "list_templates", "load_template", "template_for_model",
 ]

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .errors import InputError
+from .scorer import ValueKind
 from .templates import Template, TemplateError
 from .validation import LONG_DOCUMENTS, LongDocuments, check_long_documents
 
@@ -38,10 +39,12 @@ _MARGIN = 16
 
 @dataclass(frozen=True)
 class Labels:
-    """The label strings of a template and, where a tokenizer is known, their token ids."""
+    """The label strings of a template, their token ids where a tokenizer is known, and what the
+    engine is asked for: ``kind="logprobs"`` (log-probabilities) or ``"logits"`` (raw logits)."""
 
     texts: tuple[str, ...]
     token_ids: tuple[int, ...] | None = None
+    kind: ValueKind = "logprobs"
 
 
 @dataclass

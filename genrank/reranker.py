@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,14 +18,17 @@ from tqdm.auto import tqdm
 
 from .calibration import Calibration, fitted_for, load_calibration, score_settings
 from .engines import Engine, LabelLogprobs, make_engine
-from .errors import InputError
+from .errors import GenrankError, InputError
+from .pieces import PieceBuilder, prompt_builder
 from .prompts import LongDocuments, PromptBuilder, Prompts
-from .scorer import best_first, expected_scores, unit_interval, warn_zero_mass
-from .templates import DEFAULT_TEMPLATE, Template, load_template
+from .scorer import ValueKind, best_first, warn_zero_mass
+from .templates import DEFAULT_TEMPLATE, Template, load_template, template_for_model
 from .validation import check_long_documents, check_text, check_top_k, query_pairs, split_pairs
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+log = logging.getLogger(__name__)
 
 
 class ScoringError(RuntimeError):
@@ -41,9 +45,12 @@ class ScoringError(RuntimeError):
 class ScoredPairs:
     """Per-pair outcome, in input order. Failed pairs have NaN score and an entry in ``errors``.
 
-    ``score`` is the expected label value (1-7 for lb-reranker); ``relevance`` is the same on
-    [0, 1], ``(score - lowest label value) / (highest - lowest)``, the scale rerank services report.
-    ``probability`` is P(relevant) from the Reranker's calibration (None without one).
+    ``score`` is the recipe's raw score, as its authors' code gives it (the expected label value,
+    1-7 for lb-reranker; a log-odds or a logit for others); ``relevance`` is on [0, 1] by the
+    recipe's rule (linear for expected values, the authors' sigmoid for logits), the scale rerank
+    services report. ``label_mass`` is NaN where the engine returned raw logits (and is then not
+    counted in ``zero_mass``). ``probability`` is P(relevant) from the Reranker's calibration
+    (None without one).
     """
 
     score: np.ndarray  # (N,) float64
@@ -68,8 +75,11 @@ class Reranker:
 
     ``engine`` is ``"auto"`` (vLLM when installed with a GPU, else transformers), ``"hf"``,
     ``"vllm"``, ``"lmdeploy"``, ``"openai"`` or an Engine instance; other keyword arguments go to
-    the engine's constructor. ``normalize=False`` uses the lb-reranker card's formula (label
-    probabilities not renormalised) to reproduce published numbers. ``long_documents`` is what
+    the engine's constructor. ``template`` is a recipe name, a TOML path or a Template; without
+    it the recipe whose ``models`` name the model is used (else ``lb-reranker-v1``), and
+    ``max_length`` defaults to the recipe's (1024 for recipes without one). ``instruction`` is
+    the task instruction for recipes that take one. ``normalize=False`` uses the lb-reranker
+    card's formula (label probabilities not renormalised) to reproduce published numbers. ``long_documents`` is what
     happens to a document too long for ``max_length``: ``"truncate"`` cuts it, ``"chunks"`` scores
     each window of it and keeps the best window's score. ``calibration`` (a ``CALIB.json`` from
     ``genrank calibrate``) adds P(relevant) to every result; one fitted for another recipe or other
@@ -85,34 +95,47 @@ class Reranker:
     """
 
     def __init__(self, model: str | None = None, *, engine: str | Engine = "auto",
-                 template: str | Path | Template = DEFAULT_TEMPLATE, max_length: int = 1024,
+                 template: str | Path | Template | None = None, max_length: int | None = None,
                  normalize: bool | None = None, instruction: str | None = None,
                  long_documents: LongDocuments = "truncate", chunk_size: int = 4096, show_progress: bool = False,
                  calibration: str | Path | Calibration | None = None, allow_other_model: bool = False,
                  **engine_options: Any):
-        self.template = load_template(template)
+        named = model or (engine.model_name if isinstance(engine, Engine) else None)
+        self.template = _recipe(template, named)
         calibration = None if calibration is None else load_calibration(calibration)  # before the model loads
         if instruction is not None:
-            if not self.template.takes_instruction:
-                raise InputError(f"template {self.template.name!r} takes no instruction; "
-                                 "use an instruction-aware template such as 'lb-reranker-v1-instruct'")
+            self._check_takes_instruction()
             check_text(instruction, "instruction")
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         check_long_documents(long_documents)
         if calibration is not None:  # a calibration for other settings is refused before the model loads
+            # (the max length as the builder will take it; a recipe fitted to the model's positions may lower it)
             calibration.check_settings(score_settings(
-                self.template, instruction=instruction, max_length=max_length, long_documents=long_documents,
+                self.template, instruction=instruction, long_documents=long_documents,
+                max_length=max_length if max_length is not None else (self.template.max_length or 1024),
                 normalize=self.template.normalize if normalize is None else normalize))
-        self.engine = make_engine(engine, model or self.template.default_model, **engine_options)
+        model = model or (None if named else self.template.default_model)
+        self.engine = make_engine(engine, model, raw_logits=self.template.score.accepts == ("logits",),
+                                  **engine_options)
         self._owns_engine = isinstance(engine, str)  # made here: closed here
         self._closed, self._closing = False, threading.Lock()
         try:
-            self.builder = PromptBuilder(self.template, self.engine.tokenizer, max_length)
+            self.rule = self.template.score_rule(self.engine.model_name or model, normalize)
+            kind = self._value_kind()  # before the prompts: a setup error every request would share
+            try:
+                self.builder = prompt_builder(self.template, self.engine.tokenizer, max_length,
+                                              self.engine.prompt_format, self.engine.max_positions)
+            except ValueError as e:  # its checks of max_length and of the template against the tokenizer
+                raise e if isinstance(e, GenrankError) else InputError(str(e)) from e
             if self.engine.prompt_format == "tokens" and self.builder.labels.token_ids is None:
                 raise InputError(f"engine {type(self.engine).__name__} needs a tokenizer")
             if long_documents == "chunks" and self.engine.tokenizer is None:
                 raise InputError("long_documents='chunks' needs the model's tokenizer (pass tokenizer=... to the engine)")
+            if long_documents == "chunks" and isinstance(self.builder, PieceBuilder):
+                raise InputError(f"long_documents='chunks' is not available with recipe {self.template.name!r}, "
+                                 "whose authors' code cuts long documents; use long_documents='truncate'")
+            self.labels = replace(self.builder.labels, kind=kind)
             calls = self.engine.max_calls_in_flight
             if not isinstance(calls, int) or isinstance(calls, bool) or calls < 1:
                 raise InputError(f"engine {type(self.engine).__name__}'s max_calls_in_flight must be a positive "
@@ -121,7 +144,7 @@ class Reranker:
             if self._owns_engine:
                 self.engine.close()
             raise
-        self.normalize = self.template.normalize if normalize is None else normalize
+        self.normalize = self.rule.normalize
         self.instruction = instruction
         self.long_documents = long_documents
         self.chunk_size = chunk_size
@@ -143,6 +166,23 @@ class Reranker:
 
     def __repr__(self) -> str:
         return f"Reranker(engine={self.engine!r}, template={self.template.name!r}, max_length={self.builder.max_length})"
+
+    def _value_kind(self) -> ValueKind:
+        """What to ask the engine for: the first of its label kinds that the recipe's score can use."""
+        have = self.engine.label_kinds
+        for kind in have:
+            if kind in self.rule.accepts:
+                return kind
+        need = " or ".join(f"label {k}" for k in self.rule.accepts)
+        hint = self.engine.raw_logits_hint if "logits" in self.rule.accepts else ""
+        raise InputError(f"recipe {self.template.name!r} scores a {self.rule.kind!r} score, which needs {need}; "
+                         f"{type(self.engine).__name__} gives only label {' and '.join(have)}"
+                         + (f". {hint}" if hint else ""))
+
+    def _check_takes_instruction(self) -> None:
+        if not self.template.takes_instruction:
+            raise InputError(f"template {self.template.name!r} takes no instruction; use a recipe that does, such as "
+                             "'lb-reranker-v1-instruct', 'qwen3-reranker', 'mxbai-rerank-v2' or 'bge-reranker-v2-gemma'")
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -191,20 +231,26 @@ class Reranker:
         """Scores of (query, document) pairs, in input order. Raises ScoringError if any failed."""
         return _checked(self.score_details(pairs)).score
 
-    def rerank(self, query: str, documents: Sequence[str]) -> np.ndarray:
-        """Scores of ``documents`` for ``query``, in input order (empty for no documents)."""
-        return self.score(query_pairs(query, documents))
+    def rerank(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> np.ndarray:
+        """Scores of ``documents`` for ``query``, in input order (empty for no documents).
+
+        ``instruction`` replaces the Reranker's for this call (recipes that take one).
+        """
+        pairs = query_pairs(query, documents)
+        return _checked(self.score_details(pairs, self._one_instruction(instruction, len(pairs)))).score
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
              return_documents: bool = False, *, min_relevance: float | None = None,
-             min_probability: float | None = None) -> list[dict[str, Any]]:
+             min_probability: float | None = None, instruction: str | None = None) -> list[dict[str, Any]]:
         """``[{"corpus_id", "score"(, "probability")(, "text")}]`` best first, like sentence-transformers'
         CrossEncoder.rank; ``probability`` with a calibration. Candidates whose relevance is below
-        ``min_relevance``, or (with a calibration) whose probability is below ``min_probability``, are dropped."""
+        ``min_relevance``, or (with a calibration) whose probability is below ``min_probability``, are dropped.
+        ``instruction`` replaces the Reranker's for this call (recipes that take one)."""
         check_top_k(top_k)
         floors = self._floors(min_relevance, min_probability)
-        return _ranking(_checked(self.score_details(query_pairs(query, documents))), documents, top_k,
-                        return_documents, floors)
+        pairs = query_pairs(query, documents)
+        return _ranking(_checked(self.score_details(pairs, self._one_instruction(instruction, len(pairs)))),
+                        documents, top_k, return_documents, floors)
 
     def score_details(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None, *,
                       long_documents: LongDocuments | None = None,
@@ -241,7 +287,7 @@ class Reranker:
         if not len(prompts):
             return _no_logprobs(self)
         with self._engine_lock:
-            return self.engine.label_logprobs(prompts, self.builder.labels)
+            return self.engine.label_logprobs(prompts, self.labels)
 
     def score_logprobs(self, prompts: Prompts, out: LabelLogprobs) -> ScoredPairs:
         """Scores of the pairs of ``prompts`` from the engine's answer for them.
@@ -254,8 +300,9 @@ class Reranker:
         if failed:
             values = values.copy()
             values[failed] = 0.0  # placeholder rows, replaced by NaN below
-        scores = expected_scores(values, self.template.values, normalize=self.normalize, warn=False)
-        score, mass, errors = scores.score, scores.label_mass, dict(out.errors)
+        scores = self.rule.scores(values, out.kind, warn=False)
+        score, mass, errors = scores.score, scores.label_mass, {**scores.errors, **out.errors}
+        failed = list(errors)
         score[failed] = np.nan
         mass[failed] = np.nan
         altered = prompts.altered.copy() if prompts.altered is not None else np.zeros(len(prompts), dtype=bool)
@@ -266,9 +313,9 @@ class Reranker:
                                                                              truncated, altered, errors)
         zero_mass = int(np.count_nonzero(mass == 0))  # NaN (failed) is not zero
         if zero_mass:
-            warn_zero_mass(zero_mass, len(score), min(self.template.values) if self.normalize else 0.0)
+            warn_zero_mass(zero_mass, len(score), min(self.rule.values) if self.normalize else 0.0)
         return ScoredPairs(score, mass, truncated, errors, zero_mass,
-                           unit_interval(score, self.template.values), altered, windows,
+                           self.rule.relevance_of(score), altered, windows,
                            None if self.calibration is None else self.calibration.probability(score))
 
     def score_stream(self, items: Iterable[tuple[T, Prompts | None]]) -> Iterator[tuple[T, ScoredPairs | None]]:
@@ -303,18 +350,20 @@ class Reranker:
         """``score`` for async code."""
         return _checked(await self.ascore_details(pairs)).score
 
-    async def arerank(self, query: str, documents: Sequence[str]) -> np.ndarray:
+    async def arerank(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> np.ndarray:
         """``rerank`` for async code."""
-        return await self.ascore(query_pairs(query, documents))
+        pairs = query_pairs(query, documents)
+        return _checked(await self.ascore_details(pairs, self._one_instruction(instruction, len(pairs)))).score
 
     async def arank(self, query: str, documents: Sequence[str], top_k: int | None = None,
                     return_documents: bool = False, *, min_relevance: float | None = None,
-                    min_probability: float | None = None) -> list[dict[str, Any]]:
+                    min_probability: float | None = None, instruction: str | None = None) -> list[dict[str, Any]]:
         """``rank`` for async code."""
         check_top_k(top_k)
         floors = self._floors(min_relevance, min_probability)
-        return _ranking(_checked(await self.ascore_details(query_pairs(query, documents))), documents, top_k,
-                        return_documents, floors)
+        pairs = query_pairs(query, documents)
+        scored = await self.ascore_details(pairs, self._one_instruction(instruction, len(pairs)))
+        return _ranking(_checked(scored), documents, top_k, return_documents, floors)
 
     async def ascore_details(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None,
                              *, long_documents: LongDocuments | None = None,
@@ -350,7 +399,7 @@ class Reranker:
         self._check_open()
         if not len(prompts):
             return _no_logprobs(self)
-        return await self.engine.alabel_logprobs(prompts, self.builder.labels, executor=self._engine_thread)
+        return await self.engine.alabel_logprobs(prompts, self.labels, executor=self._engine_thread)
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -377,6 +426,13 @@ class Reranker:
         return {"long_documents": check_long_documents(long_documents or self.long_documents),
                 "max_document_tokens": max_document_tokens}
 
+    def _one_instruction(self, instruction: str | None, n: int) -> list[str | None] | None:
+        """``instruction`` for each of ``n`` pairs (None: the Reranker's own), checked."""
+        if instruction is None:
+            return None
+        self._check_takes_instruction()
+        return [check_text(instruction, "instruction")] * n
+
     def _instructions(self, instructions: Sequence[str | None] | None, n: int) -> list[str | None]:
         """One instruction per pair: the given ones, checked, or the Reranker's for every pair."""
         if instructions is None:
@@ -386,8 +442,8 @@ class Reranker:
         instructions = list(instructions)
         if len(instructions) != n:
             raise InputError(f"instructions has {len(instructions)} items for {n} pairs")
-        if any(i is not None for i in instructions) and not self.template.takes_instruction:
-            raise InputError(f"template {self.template.name!r} takes no instruction")
+        if any(i is not None for i in instructions):
+            self._check_takes_instruction()
         return [i if i is None else check_text(i, f"instructions[{n}]") for n, i in enumerate(instructions)]
 
 
@@ -431,6 +487,20 @@ def _holding(lock: threading.Lock, fn: Callable[..., R], *args: Any, **kwargs: A
         return fn(*args, **kwargs)
 
 
+def _recipe(template: str | Path | Template | None, model: str | None) -> Template:
+    """The recipe asked for, else the one whose models name ``model``, else the default (logged)."""
+    if template is not None:
+        return load_template(template)
+    found = template_for_model(model)
+    if found is not None:
+        log.info("model %r: using recipe %r (its models list names it)", model, found.name)
+        return found
+    if model is not None:
+        log.info("no shipped recipe names model %r; using the default recipe %r (pass template=... to choose)",
+                 model, DEFAULT_TEMPLATE)
+    return load_template(DEFAULT_TEMPLATE)
+
+
 def prefetch(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
     """``fn(item)`` for each item in order, computing the next one in a thread meanwhile.
 
@@ -472,7 +542,7 @@ def _ranking(scored: ScoredPairs, documents: Sequence[str], top_k: int | None, r
 
 
 def _no_logprobs(reranker: Reranker) -> LabelLogprobs:
-    return LabelLogprobs(np.zeros((0, len(reranker.template.labels))))
+    return LabelLogprobs(np.zeros((0, len(reranker.template.labels))), kind=reranker.labels.kind)
 
 
 def _best_windows(pair_index: np.ndarray, score: np.ndarray, mass: np.ndarray, truncated: np.ndarray,

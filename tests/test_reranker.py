@@ -279,11 +279,11 @@ def test_out_of_memory_halves_the_batch_and_keeps_results(tiny_model_dir, rr, mo
     engine = TransformersEngine(str(tiny_model_dir), device="cpu", max_batch_size=8, share_prefix=False)
     real, sizes = engine._forward, []
 
-    def forward(rows, lengths, label_ids):  # a device that only fits 2 rows at a time
+    def forward(rows, lengths, label_ids, *raw):  # a device that only fits 2 rows at a time
         sizes.append(len(rows))
         if len(rows) > 2:
             raise torch.OutOfMemoryError("CUDA out of memory")
-        return real(rows, lengths, label_ids)
+        return real(rows, lengths, label_ids, *raw)
 
     monkeypatch.setattr(engine, "_forward", forward)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)

@@ -90,3 +90,57 @@ def test_multi_token_label_is_a_clear_error(tiny_tokenizer, tmp_path):
     path.write_text('user = "{query} {document}"\n[labels]\n"definitely irrelevant" = 0\n"yes" = 1\n')
     with pytest.raises(TemplateError, match=r"label 'definitely irrelevant' is \d+ tokens .* in tokenizer"):
         PromptBuilder(load_template(path), tiny_tokenizer)
+
+
+def test_readme_recipe_examples_load(tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Adding a recipe"):]
+    blocks = re.findall(r"```toml\n(.*?)```", section, re.S)[:2]
+    loaded = []
+    for n, block in enumerate(blocks):
+        (tmp_path / f"r{n}.toml").write_text(block)
+        loaded.append(load_template(tmp_path / f"r{n}.toml"))
+    assert [t.score.kind for t in loaded] == ["expected", "logit"]
+    assert loaded[1].pieces[0].token == "bos" and loaded[1].truncation.cut == ("document",)
+
+
+def test_shipped_recipes_name_their_models_and_score_kinds():
+    from genrank.templates import template_for_model
+
+    assert template_for_model("mixedbread-ai/mxbai-rerank-large-v2").name == "mxbai-rerank-v2"
+    assert template_for_model("/models/Qwen3-Reranker-4B/").name == "qwen3-reranker"
+    assert template_for_model("BAAI/bge-reranker-v2-gemma").name == "bge-reranker-v2-gemma"
+    assert template_for_model("lightblue/lb-reranker-0.5B-v1.0").name == "lb-reranker-v1"
+    assert template_for_model("someone/some-model") is None
+    mx = load_template("mxbai-rerank-v2")
+    assert mx.score.kind == "log_odds" and mx.labels == ("0", "1") and mx.max_length == 8192
+    assert mx.score_rule("mixedbread-ai/mxbai-rerank-base-v2").shift == 4.5 and mx.score_rule("x").shift == 6.0
+    bge = load_template("bge-reranker-v2-gemma")
+    assert bge.score.kind == "logit" and bge.score.accepts == ("logits",) and bge.max_length == 512
+    q3 = load_template("qwen3-reranker")
+    assert q3.max_length == 8192 and [p.name for p in q3.pieces] == ["prefix", "pair", "suffix"] and q3.has_chat
+
+
+@pytest.mark.parametrize("body, message", [
+    ('[[pieces]]\ntext = "{query}"\n[labels]\n"1" = 1\n[score]\nkind = "logit"\n', "must use {query} and {document}"),
+    ('[[pieces]]\ntext = "{query} {document}"\n[labels]\n"1" = 1\n"2" = 2\n[score]\nkind = "logit"\n',
+     "needs exactly one label for score kind 'logit'"),
+    ('[[pieces]]\ntext = "{query} {document}"\n[labels]\n"1" = 1\n[score]\nkind = "log_odds"\n',
+     "needs exactly two labels for score kind 'log_odds'"),
+    ('[[pieces]]\ntoken = "eos"\n[[pieces]]\ntext = "{query}{document}"\n[labels]\n"1" = 1\n[score]\nkind = "logit"\n',
+     "token 'eos' is not one of ('bos',)"),
+    ('[[pieces]]\nname = "a"\ntext = "{query}{document}"\n[truncate]\ncut = ["b"]\n[labels]\n"1" = 1\n'
+     '[score]\nkind = "logit"\n', "[truncate] cut names unknown pieces ['b']"),
+    ('[[pieces]]\ntext = "{query}{document}"\n[labels]\n"1" = 1\n[score]\nkind = "logit"\nrelevance = "linear"\n',
+     "relevance 'linear' needs bounded scores"),
+])
+def test_bad_recipes_name_the_problem(tmp_path, body, message):
+    import re
+
+    path = tmp_path / "bad.toml"
+    path.write_text(body)
+    with pytest.raises(TemplateError, match=re.escape(message)):
+        load_template(path)

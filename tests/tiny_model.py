@@ -45,6 +45,10 @@ import numpy as np
 
 __all__ = [
     "build_tiny_model",
+    "build_tiny_qwen3_reranker",
+    "build_tiny_mxbai_reranker",
+    "build_tiny_gemma_reranker",
+    "RECIPE_MODELS",
     "LABEL_TOKENS",
     "YES_NO_TOKENS",
     "SPECIAL_TOKENS",
@@ -259,6 +263,13 @@ Question
 
 
 def _train_tokenizer():
+    return _train_byte_level_tokenizer([CORPUS] + NEUTRAL_MARKUP, SPECIAL_TOKENS,
+                                       LABEL_TOKENS + YES_NO_TOKENS + SPECIAL_TOKENS)
+
+
+def _train_byte_level_tokenizer(texts: list[str], special_tokens: list[str], single_tokens: list[str]):
+    """A Qwen2-style byte-level BPE (Qwen2's split regex) trained on ``texts``; each of
+    ``single_tokens`` must encode to one token."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers
     from tokenizers import pre_tokenizers, processors, trainers
 
@@ -282,19 +293,19 @@ def _train_tokenizer():
         vocab_size=VOCAB_TARGET,
         min_frequency=1,
         show_progress=False,
-        special_tokens=list(SPECIAL_TOKENS),
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator([CORPUS] + NEUTRAL_MARKUP, trainer=trainer)
-
-    vocab = tok.get_vocab()
-    for t in LABEL_TOKENS + YES_NO_TOKENS + SPECIAL_TOKENS:
-        if t not in vocab:
-            raise RuntimeError(f"tiny tokenizer lacks a single token for {t!r}")
-        ids = tok.encode(t).ids
-        if ids != [vocab[t]]:
-            raise RuntimeError(f"{t!r} does not encode to one token: {ids}")
+    tok.train_from_iterator(texts, trainer=trainer)
+    _check_single_tokens(tok, single_tokens)
     return tok
+
+
+def _check_single_tokens(tok, tokens: list[str]) -> None:
+    for t in tokens:
+        ids = tok.encode(t, add_special_tokens=False).ids
+        if len(ids) != 1:
+            raise RuntimeError(f"tiny tokenizer lacks a single token for {t!r}: {ids}")
 
 
 def _neutral_ids(tok) -> set[int]:
@@ -526,12 +537,292 @@ def build_tiny_model(path: str | os.PathLike) -> pathlib.Path:
     return out
 
 
+# --------------------------------------------------------------------------
+# Tiny models for the model recipes (tests/test_recipes_reference.py).
+#
+# Each holds its recipe's tokens and fixed text and has random weights drawn
+# from numpy by parameter name (see _seeded_weights), so the checkpoint is the
+# same whatever transformers or torch builds or loads it: the reference scores
+# in tests/reference/ were made from the same bytes. Their scores mean nothing;
+# they are only sensitive to every token id that reaches the model.
+# --------------------------------------------------------------------------
+
+RECIPE_SEED = 18
+RECIPE_MAX_POS = 2048
+
+# Text the recipes' authors put around the query and document (so that it
+# tokenizes into words, as it does in the real vocabularies), and lines ending
+# in "?" so that "?\n" is one token, as in Qwen's vocabulary.
+RECIPE_CORPUS = [
+    'Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
+    'Note that the answer can only be "yes" or "no".',
+    "<Instruct>: Given a web search query, retrieve relevant passages that answer the query\n<Query>: ",
+    "\n<Document>: ",
+    "<think>\n\n</think>\n\n",
+    "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+    "You are a search relevance expert who evaluates how well documents match search queries. For each "
+    "query-document pair, carefully analyze the semantic relationship between them, then provide your binary "
+    "relevance judgment (0 for not relevant, 1 for relevant).\nRelevance:",
+    "instruction: \nquery: \ndocument: ",
+    "Who wrote the book?\nWhat is the capital of France?\nHow do I cook rice?\nIs it relevant?\nWhy?\n",
+    "query: who wrote the book?\ndocument: the book was written by a famous author.",
+]
+GEMMA_CORPUS = [
+    "Given a query A and a passage B, determine whether the passage contains an answer to the query by "
+    "providing a prediction of either 'Yes' or 'No'.",
+    "A: who wrote the book?\nB: the book was written by a famous author.",
+    "Yes",
+    "No",
+]
+
+QWEN3_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+QWEN3_THINK_TOKENS = ["<think>", "</think>"]  # added tokens, not special (as in Qwen3's tokenizer)
+GEMMA_SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+
+
+def _qwen_recipe_tokenizer():
+    """Byte-level BPE with Qwen's chat tokens, "yes"/"no", "0"/"1" and the added ``<think>`` tokens."""
+    from tokenizers import AddedToken
+
+    texts = [CORPUS] + NEUTRAL_MARKUP + RECIPE_CORPUS
+    tok = _train_byte_level_tokenizer(texts, QWEN3_SPECIAL_TOKENS, ["yes", "no", "0", "1", "?\n"]
+                                      + QWEN3_SPECIAL_TOKENS)
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in QWEN3_THINK_TOKENS])
+    return tok
+
+
+def _qwen_tokenizer_files(out: pathlib.Path, tok, *, chat_template: str | None) -> None:
+    tok.save(str(out / "tokenizer.json"), pretty=True)
+    vocab = tok.get_vocab()
+    added = {str(vocab[t]): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                             "single_word": False, "special": t in QWEN3_SPECIAL_TOKENS}
+             for t in QWEN3_SPECIAL_TOKENS + [t for t in QWEN3_THINK_TOKENS if t in vocab]}
+    config = {
+        "add_bos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": added,
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "bos_token": None,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|im_end|>",
+        "errors": "replace",
+        "model_max_length": RECIPE_MAX_POS,
+        "pad_token": "<|endoftext|>",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    _write_json(out / "tokenizer_config.json", config)
+
+
+def _seeded_weights(shapes: dict[str, tuple[int, ...]], stds: dict[str, float]) -> dict[str, np.ndarray]:
+    """float32 normal weights, each from its own ``RandomState`` seeded by the parameter's name.
+
+    ``stds`` maps a name suffix to the standard deviation; a std of None means ones (norms)."""
+    import zlib
+
+    out = {}
+    for name, shape in sorted(shapes.items()):
+        std = next(v for k, v in stds.items() if name.endswith(k))
+        if std is None:
+            out[name] = np.ones(shape, dtype=np.float32)
+        else:
+            rng = np.random.RandomState(zlib.crc32(f"{RECIPE_SEED}:{name}".encode()))
+            out[name] = np.ascontiguousarray(rng.standard_normal(shape) * std, dtype=np.float32)
+    return out
+
+
+def _decoder_shapes(vocab_size: int, *, qkv_bias: bool, qk_norm: bool, lm_head: bool) -> dict[str, tuple[int, ...]]:
+    H, D, I = HIDDEN, HEAD_DIM, INTERMEDIATE
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab_size, H), "model.norm.weight": (H,)}
+    if lm_head:
+        shapes["lm_head.weight"] = (vocab_size, H)
+    for layer in range(N_LAYERS):
+        p = f"model.layers.{layer}."
+        shapes |= {
+            p + "input_layernorm.weight": (H,),
+            p + "post_attention_layernorm.weight": (H,),
+            p + "self_attn.q_proj.weight": (N_HEADS * D, H),
+            p + "self_attn.k_proj.weight": (N_KV_HEADS * D, H),
+            p + "self_attn.v_proj.weight": (N_KV_HEADS * D, H),
+            p + "self_attn.o_proj.weight": (H, N_HEADS * D),
+            p + "mlp.gate_proj.weight": (INTERMEDIATE, H),
+            p + "mlp.up_proj.weight": (I, H),
+            p + "mlp.down_proj.weight": (H, I),
+        }
+        if qkv_bias:
+            shapes |= {p + "self_attn.q_proj.bias": (N_HEADS * D,), p + "self_attn.k_proj.bias": (N_KV_HEADS * D,),
+                       p + "self_attn.v_proj.bias": (N_KV_HEADS * D,)}
+        if qk_norm:
+            shapes |= {p + "self_attn.q_norm.weight": (D,), p + "self_attn.k_norm.weight": (D,)}
+    return shapes
+
+
+# Large enough that the label logits spread over several units, so a single
+# different token id anywhere in a prompt moves a score far beyond 1e-4.
+QWEN_STDS = {"embed_tokens.weight": 1.0, "layernorm.weight": None, "norm.weight": None, "proj.weight": 0.1,
+             "proj.bias": 0.1, "lm_head.weight": 0.3}
+
+
+def _qwen_config(architecture: str, model_type: str, vocab_size: int, tok) -> dict:
+    vocab = tok.get_vocab()
+    return {
+        "architectures": [architecture],
+        "attention_bias": model_type == "qwen2",
+        "attention_dropout": 0.0,
+        "bos_token_id": vocab["<|endoftext|>"],
+        "eos_token_id": vocab["<|im_end|>"],
+        "head_dim": HEAD_DIM,
+        "hidden_act": "silu",
+        "hidden_size": HIDDEN,
+        "initializer_range": 0.02,
+        "intermediate_size": INTERMEDIATE,
+        "max_position_embeddings": RECIPE_MAX_POS,
+        "max_window_layers": N_LAYERS,
+        "model_type": model_type,
+        "num_attention_heads": N_HEADS,
+        "num_hidden_layers": N_LAYERS,
+        "num_key_value_heads": N_KV_HEADS,
+        "pad_token_id": vocab["<|endoftext|>"],
+        "rms_norm_eps": RMS_EPS,
+        "rope_scaling": None,
+        "rope_theta": ROPE_THETA,
+        "sliding_window": None,
+        "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": vocab_size,
+    }
+
+
+def _build_qwen_recipe_model(path: str | os.PathLike, architecture: str, model_type: str) -> pathlib.Path:
+    from safetensors.numpy import save_file
+
+    out = pathlib.Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _qwen_recipe_tokenizer()
+    vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    _qwen_tokenizer_files(out, tok, chat_template=CHAT_TEMPLATE)
+    _write_json(out / "config.json", _qwen_config(architecture, model_type, vocab_size, tok))
+    shapes = _decoder_shapes(vocab_size, qkv_bias=model_type == "qwen2", qk_norm=model_type == "qwen3", lm_head=True)
+    save_file(_seeded_weights(shapes, QWEN_STDS), str(out / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(out / "model.safetensors", 0o644)
+    return out
+
+
+def build_tiny_qwen3_reranker(path: str | os.PathLike) -> pathlib.Path:
+    """A tiny ``Qwen3ForCausalLM`` shaped like Qwen3-Reranker: Qwen's chat tokens, "yes"/"no",
+    ``<think>``/``</think>`` as added tokens, "?\\n" one token. Random weights."""
+    return _build_qwen_recipe_model(path, "Qwen3ForCausalLM", "qwen3")
+
+
+def build_tiny_mxbai_reranker(path: str | os.PathLike) -> pathlib.Path:
+    """A tiny ``Qwen2ForCausalLM`` shaped like mxbai-rerank-v2: Qwen's chat tokens, "0"/"1". Random weights."""
+    return _build_qwen_recipe_model(path, "Qwen2ForCausalLM", "qwen2")
+
+
+def _gemma_tokenizer():
+    """A Gemma-style tokenizer: spaces become "▁", BPE with byte fallback, no pre-tokenizer, a
+    ``<bos>`` post-processor; "Yes", "No", "A:" and "B:" are single tokens."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    trainer_tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    trainer_tok.normalizer = normalizers.Replace(" ", "▁")
+    trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+    lines = [line for text in [CORPUS] + NEUTRAL_MARKUP + GEMMA_CORPUS for line in text.split("\n")]
+    trainer_tok.train_from_iterator(lines + ["\n"] * 8 + ["A:", "B:"] * 8, trainers.BpeTrainer(
+        vocab_size=VOCAB_TARGET, min_frequency=1, show_progress=False, special_tokens=[]))
+    trained = json.loads(trainer_tok.to_str())["model"]
+    pieces = [t for t, _ in sorted(trained["vocab"].items(), key=lambda kv: kv[1])]
+    byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
+    vocab = {t: i for i, t in enumerate(GEMMA_SPECIAL_TOKENS + byte_tokens + ["\n"] + [p for p in pieces if p != "\n"])}
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in trained["merges"]]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens(GEMMA_SPECIAL_TOKENS)
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos> $B:1",
+                                                       special_tokens=[("<bos>", vocab["<bos>"])])
+    _check_single_tokens(tok, ["Yes", "No", "A:", "B:", "\n"])
+    return tok
+
+
+def build_tiny_gemma_reranker(path: str | os.PathLike) -> pathlib.Path:
+    """A tiny ``GemmaForCausalLM`` shaped like bge-reranker-v2-gemma (BOS, "Yes", "A:", "B:",
+    tied embeddings). Random weights."""
+    from safetensors.numpy import save_file
+
+    out = pathlib.Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _gemma_tokenizer()
+    tok.save(str(out / "tokenizer.json"), pretty=True)
+    vocab = tok.get_vocab()
+    vocab_size = tok.get_vocab_size(with_added_tokens=True)
+    _write_json(out / "tokenizer_config.json", {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": {str(vocab[t]): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                                 "single_word": False, "special": True} for t in GEMMA_SPECIAL_TOKENS},
+        "additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"],
+        "bos_token": "<bos>",
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<eos>",
+        "model_max_length": RECIPE_MAX_POS,
+        "pad_token": "<pad>",
+        "padding_side": "left",
+        "tokenizer_class": "GemmaTokenizer",
+        "unk_token": "<unk>",
+    })
+    _write_json(out / "config.json", {
+        "architectures": ["GemmaForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": vocab["<bos>"],
+        "eos_token_id": vocab["<eos>"],
+        "head_dim": HEAD_DIM,
+        "hidden_act": "gelu_pytorch_tanh",
+        "hidden_activation": "gelu_pytorch_tanh",
+        "hidden_size": HIDDEN,
+        "initializer_range": 0.02,
+        "intermediate_size": INTERMEDIATE,
+        "max_position_embeddings": RECIPE_MAX_POS,
+        "model_type": "gemma",
+        "num_attention_heads": N_HEADS,
+        "num_hidden_layers": N_LAYERS,
+        "num_key_value_heads": N_KV_HEADS,
+        "pad_token_id": vocab["<pad>"],
+        "rms_norm_eps": RMS_EPS,
+        "rope_scaling": None,
+        "rope_theta": ROPE_THETA,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "vocab_size": vocab_size,
+    })
+    # Gemma scales embeddings by sqrt(hidden) and its norms by (1 + weight): small embeddings, zero norms.
+    stds = {"embed_tokens.weight": 0.3, "layernorm.weight": 0.0, "norm.weight": 0.0, "proj.weight": 0.1}
+    shapes = _decoder_shapes(vocab_size, qkv_bias=False, qk_norm=False, lm_head=False)
+    save_file(_seeded_weights(shapes, stds), str(out / "model.safetensors"), metadata={"format": "pt"})
+    os.chmod(out / "model.safetensors", 0o644)
+    return out
+
+
+RECIPE_MODELS = {
+    "qwen3-reranker": build_tiny_qwen3_reranker,
+    "mxbai-rerank-v2": build_tiny_mxbai_reranker,
+    "bge-reranker-v2-gemma": build_tiny_gemma_reranker,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print("usage: python tests/tiny_model.py OUT_DIR", file=sys.stderr)
+    if len(argv) not in (1, 2) or argv[0] in ("-h", "--help") or (len(argv) == 2 and argv[1] not in RECIPE_MODELS):
+        print(f"usage: python tests/tiny_model.py OUT_DIR [{'|'.join(RECIPE_MODELS)}]", file=sys.stderr)
         return 2
-    print(build_tiny_model(argv[0]))
+    print(RECIPE_MODELS[argv[1]](argv[0]) if len(argv) == 2 else build_tiny_model(argv[0]))
     return 0
 
 

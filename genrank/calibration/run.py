@@ -21,7 +21,6 @@ import numpy as np
 from ..batch import BatchSummary, score_file
 from ..errors import InputError
 from ..reranker import Reranker
-from ..scorer import unit_interval
 from .calibrator import Calibration, fitted_for
 from .data import LabelledPairs
 from .fit import ECE_BINS, FitResult, fit_calibration
@@ -74,7 +73,7 @@ def calibrate(reranker: Reranker, pairs: LabelledPairs, output: str | os.PathLik
     if failed:
         data["not_scored"] = len(failed)
     keep = np.flatnonzero(ok)
-    result = fit_calibration(score[keep], unit_interval(score[keep], reranker.template.values), pairs.labels[keep],
+    result = fit_calibration(score[keep], reranker.rule.relevance_of(score[keep]), pairs.labels[keep],
                              [pairs.query_ids[i] for i in keep], fitted_for=fitted_for(reranker), data=data,
                              method=method, held_out=held_out, seed=seed)
     return CalibrationRun(result, summary, failed, scores_path)

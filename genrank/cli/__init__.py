@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import calibrate, evaluate, rank, score, serve, templates
@@ -30,6 +31,8 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run a subcommand: genrank's own refusals print one line and exit 2; anything else shows its traceback."""
     args = build_parser().parse_args(argv)
+    # Library logs stay out of command output: vLLM logs to stdout unless told otherwise (read at its import).
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         return args.func(args)
     except Exception as e:

@@ -8,6 +8,7 @@ import json
 import sys
 from typing import Any
 
+from ..engines.loading import ModelNotFetchable
 from ..errors import GenrankError, MissingExtra
 from ..prompts import LONG_DOCUMENTS
 from ..reranker import Reranker
@@ -51,11 +52,16 @@ def require(extra: str, *modules: str) -> None:
 def add_model_options(p: argparse.ArgumentParser) -> None:
     """Options every scoring command shares: model, engine, template and engine settings."""
     g = p.add_argument_group("model and engine")
-    g.add_argument("--model", "-m", default=None, help="model id or path (default: the template's default model)")
+    g.add_argument("--model", "-m", default=None,
+                   help="model id or path (default: the recipe's default model)")
     g.add_argument("--engine", "-e", default="auto",
                    help="auto (vLLM when it is installed and a CUDA GPU is present, else hf), hf, vllm, lmdeploy or openai")
-    g.add_argument("--template", "-t", default=DEFAULT_TEMPLATE, help="template name or path of a .toml file")
-    g.add_argument("--max-length", type=int, default=1024, help="max prompt tokens; documents are cut to fit")
+    g.add_argument("--template", "-t", default=None,
+                   help="recipe name or path of a .toml file (default: the shipped recipe whose models name --model, "
+                        f"else {DEFAULT_TEMPLATE}; see genrank templates)")
+    g.add_argument("--max-length", type=int, default=None,
+                   help="max prompt tokens, or the recipe authors' max_length for recipes built from pieces; "
+                        "documents are cut to fit (default: the recipe's, else 1024)")
     g.add_argument("--long-documents", choices=LONG_DOCUMENTS, default="truncate",
                    help="a document too long for --max-length: truncate it, or score each window of it "
                         "(chunks) and keep the best window's score")
@@ -117,6 +123,8 @@ def reranker_from_args(args: argparse.Namespace, **overrides: Any) -> Reranker:
                         long_documents=args.long_documents, instruction=args.instruction,
                         normalize=False if args.card_formula else None, **engine_options(args), **calibration,
                         **overrides)
+    except ModelNotFetchable as e:  # its message says what happened and what to do
+        raise CliError(str(e)) from e
     except OSError as e:
         raise CliError(f"cannot load the model: {e}") from e
 

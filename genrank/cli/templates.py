@@ -1,4 +1,4 @@
-"""``genrank templates``: list the shipped prompt templates."""
+"""``genrank templates``: list the shipped recipes with their models, score kind and scale."""
 
 from __future__ import annotations
 
@@ -17,11 +17,15 @@ def cmd_templates(args: argparse.Namespace) -> int:
             print(json.dumps(row))
         return 0
     for row in rows:
-        print(f"{row['name']:<26} labels: {row['labels']:<14} {row['description']}")
+        print(f"{row['name']:<24} {row['description']}")
+        print(f"    score: {row['score']} ({row['scale']}), relevance: {row['relevance']}, labels: {row['labels']}, "
+              f"{'chat template' if row['chat'] else 'pieces (no chat template)'}")
+        print(f"    models: {', '.join(row['models']) or '(none listed; default ' + str(row['default_model']) + ')'}")
     return 0
 
 
 def add_command(sub: Any) -> None:
-    p = sub.add_parser("templates", help="list the shipped prompt templates", formatter_class=HelpFormatter)
+    p = sub.add_parser("templates", help="list the shipped recipes: models, score kind and scale",
+                       formatter_class=HelpFormatter)
     p.add_argument("--json", action="store_true", help="print JSON lines")
     p.set_defaults(func=cmd_templates)

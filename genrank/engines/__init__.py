@@ -52,8 +52,13 @@ def auto_engine() -> tuple[str, str]:
     return "vllm", "vLLM is installed and a CUDA GPU is present"
 
 
-def make_engine(engine: str | Engine, model: str | None, **kwargs: Any) -> Engine:
-    """An engine instance from a name (with the model and driver options) or an instance."""
+def make_engine(engine: str | Engine, model: str | None, *, raw_logits: bool = False, **kwargs: Any) -> Engine:
+    """An engine instance from a name (with the model and driver options) or an instance.
+
+    ``raw_logits``: the recipe scores raw logits, so a driver that can be made to return them
+    (its ``raw_logits_options``, e.g. vLLM's ``logprobs_mode="raw_logits"``) is made so, unless
+    the caller's options say otherwise.
+    """
     if not isinstance(engine, str):
         if kwargs:
             raise TypeError(f"engine options {sorted(kwargs)} were given with an engine instance; "
@@ -66,6 +71,8 @@ def make_engine(engine: str | Engine, model: str | None, **kwargs: Any) -> Engin
     cls = engine_class(engine)
     if model is None:
         raise InputError(f"engine {engine!r} needs a model")
+    if raw_logits:
+        kwargs = {**cls.raw_logits_options, **kwargs}
     return cls(model, **kwargs)
 
 

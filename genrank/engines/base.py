@@ -1,4 +1,4 @@
-"""The engine base class: prompts in, first-token label log-probabilities out."""
+"""The engine base class: prompts in, first-token label log-probabilities (or raw logits) out."""
 
 from __future__ import annotations
 
@@ -11,20 +11,26 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from ..prompts import Labels, Prompts
+from ..scorer import ValueKind
 
 
 @dataclass
 class LabelLogprobs:
-    """What an engine returns for a batch of N prompts and K labels."""
+    """What an engine returns for a batch of N prompts and K labels.
 
-    values: np.ndarray  # (N, K) float64 log-probabilities; -inf where a label was not seen
+    ``kind`` says what ``values`` are: ``"logprobs"`` (log-probabilities, the default) or
+    ``"logits"`` (raw logits, when ``Labels.kind`` asked for them).
+    """
+
+    values: np.ndarray  # (N, K) float64 log-probabilities (or logits); -inf where a label was not seen
     errors: dict[int, str] = field(default_factory=dict)  # prompt index -> why it has no result
     altered: set[int] = field(default_factory=set)  # prompt indices whose content was sent changed
+    kind: ValueKind = "logprobs"
 
     def slice(self, start: int, stop: int) -> LabelLogprobs:
         """The results of prompts ``start:stop``, renumbered from 0."""
         return LabelLogprobs(self.values[start:stop], {i - start: why for i, why in self.errors.items() if start <= i < stop},
-                             {i - start for i in self.altered if start <= i < stop})
+                             {i - start for i in self.altered if start <= i < stop}, self.kind)
 
 
 class Engine(ABC):
@@ -40,6 +46,7 @@ class Engine(ABC):
     that it still scores the same way: they change scores for the same settings (vLLM's pooling
     renormalises over the labels; reading the top log-probabilities misses labels outside them).
     An engine that learns its method from a server decides it when ``scoring_method`` is read.
+    ``label_kinds`` says what ``Labels.kind`` the engine answers (log-probabilities by default).
     """
 
     #: The driver: "hf", "vllm", "lmdeploy", "openai"; a user engine's class, ``module.QualifiedName``.
@@ -56,6 +63,15 @@ class Engine(ABC):
     #: How the label log-probabilities are read, where an engine has more than one way (e.g.
     #: "logprob_token_ids", "top_logprobs=20", "pooling"); a property in engines that decide it late.
     scoring_method: str = "default"
+    #: The model's ``max_position_embeddings`` where the engine knows it (some recipes fit their prompts to it).
+    max_positions: int | None = None
+    #: What ``Labels.kind`` the engine can answer ("logprobs" and/or "logits"), preferred first; a
+    #: property in engines where it depends on how they were made.
+    label_kinds: tuple[ValueKind, ...] = ("logprobs",)
+    #: A sentence saying how to get raw logits from this engine ("" when it cannot return them).
+    raw_logits_hint: str = ""
+    #: Driver options that make the engine return raw logits (``make_engine(raw_logits=True)`` adds them).
+    raw_logits_options: ClassVar[dict[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from ..errors import InputError
 from ..prompts import Labels, Prompts
 from .base import Engine, LabelLogprobs
+from .loading import pretrained
 from .prefix import PrefixGroup, SharedPrefixCache, Wave, plan_waves, prefix_groups
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class TransformersEngine(Engine):
     MIN_SHARED_ROWS = 2  # prompts of one query
     prompt_format = "tokens"
     scoring_method = "full_vocabulary"  # an exact float32 log-softmax over the whole vocabulary
+    label_kinds = ("logprobs", "logits")
 
     def __init__(self, model: str | PreTrainedModel, *, tokenizer: Any | None = None,
                  device: str | torch.device | None = None, dtype: torch.dtype | str | None = None,
@@ -69,11 +71,13 @@ class TransformersEngine(Engine):
                     raise InputError(f"dtype must be a torch dtype or its name such as 'bfloat16', got {dtype!r}")
                 dtype = getattr(torch, dtype)
             name = model
-            self.model = AutoModelForCausalLM.from_pretrained(
-                model, dtype=dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32),
+            self.model = pretrained(
+                AutoModelForCausalLM.from_pretrained, model,
+                dtype=dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32),
                 trust_remote_code=trust_remote_code, **from_pretrained)
         self.model.to(self.device).eval()
-        self._tokenizer = tokenizer or AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        self._tokenizer = tokenizer or pretrained(AutoTokenizer.from_pretrained, name, filename="tokenizer_config.json",
+                                                   trust_remote_code=trust_remote_code)
         self.max_batch_tokens = max_batch_tokens or (65536 if self.device.type == "cuda" else 8192)
         self.max_batch_size = max_batch_size
         self._decoder = self.model.get_decoder()
@@ -95,6 +99,11 @@ class TransformersEngine(Engine):
         return self._tokenizer
 
     @property
+    def max_positions(self) -> int | None:
+        """The model's ``max_position_embeddings`` (some recipes fit their prompts to it)."""
+        return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+
+    @property
     def model_name(self) -> str:
         """The model's name or path, as loaded."""
         return self.model.name_or_path
@@ -107,20 +116,21 @@ class TransformersEngine(Engine):
         if ids is None or labels.token_ids is None:
             raise InputError("TransformersEngine needs tokenized prompts and label token ids")
         label_ids = torch.tensor(labels.token_ids, device=self.device)
+        raw = labels.kind == "logits"
         lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         if self.share_prefix:
             groups, alone = prefix_groups(prompts, min_rows=self.MIN_SHARED_ROWS, min_prefix=self.MIN_SHARED_PREFIX)
         else:
             groups, alone = [], np.arange(len(ids))
         # Batches are queued without waiting for the device; results come back in one copy at the end.
-        done = self._shared(ids, lengths, groups, label_ids) + self._unshared(ids, lengths, alone, label_ids)
+        done = self._shared(ids, lengths, groups, label_ids, raw) + self._unshared(ids, lengths, alone, label_ids, raw)
         out = np.empty((len(ids), len(label_ids)), dtype=np.float64)
         if done:
             out[np.concatenate([rows for rows, _ in done])] = torch.cat([v for _, v in done]).cpu().numpy()
-        return LabelLogprobs(out)
+        return LabelLogprobs(out, kind=labels.kind)
 
     def _unshared(self, ids: list[list[int]], lengths: np.ndarray, rows: np.ndarray,
-                  label_ids: torch.Tensor) -> list[tuple[np.ndarray, torch.Tensor]]:
+                  label_ids: torch.Tensor, raw: bool) -> list[tuple[np.ndarray, torch.Tensor]]:
         """Whole prompts ``rows``, in batches of similar lengths."""
         order = rows[np.argsort(-lengths[rows], kind="stable")]  # longest first: the first batch finds OOM early
         done = []
@@ -130,7 +140,7 @@ class TransformersEngine(Engine):
             size = max(1, min(self.max_batch_size, self.max_batch_tokens // max(longest, 1)))
             batch = order[start:start + size]
             try:
-                done.append((batch, self._forward([ids[i] for i in batch], lengths[batch], label_ids)))
+                done.append((batch, self._forward([ids[i] for i in batch], lengths[batch], label_ids, raw)))
             except torch.OutOfMemoryError:
                 if size == 1:
                     raise
@@ -140,13 +150,13 @@ class TransformersEngine(Engine):
         return done
 
     def _shared(self, ids: list[list[int]], lengths: np.ndarray, groups: list[PrefixGroup],
-                label_ids: torch.Tensor) -> list[tuple[np.ndarray, torch.Tensor]]:
+                label_ids: torch.Tensor, raw: bool) -> list[tuple[np.ndarray, torch.Tensor]]:
         """Prompts that share a prefix, one wave of prefixes at a time (see genrank/engines/prefix.py)."""
         done = []
         waves = plan_waves(groups, lengths, self.max_batch_tokens, self.max_batch_size)
         while waves:
             try:
-                done += self._wave(ids, lengths, waves[0], label_ids)
+                done += self._wave(ids, lengths, waves[0], label_ids, raw)
             except torch.OutOfMemoryError:
                 if self.max_batch_size == 1:
                     raise
@@ -165,7 +175,7 @@ class TransformersEngine(Engine):
 
     @torch.inference_mode()
     def _wave(self, ids: list[list[int]], lengths: np.ndarray, wave: Wave,
-              label_ids: torch.Tensor) -> list[tuple[np.ndarray, torch.Tensor]]:
+              label_ids: torch.Tensor, raw: bool) -> list[tuple[np.ndarray, torch.Tensor]]:
         """The (rows, labels) values of a wave's prompts: its prefixes once, then its suffix batches."""
         prefix_kv = self._prefill([ids[g.rows[0]][:g.prefix] for g in wave.groups])
         slot = np.empty(len(lengths), dtype=np.int64)
@@ -173,7 +183,7 @@ class TransformersEngine(Engine):
         for k, group in enumerate(wave.groups):
             slot[group.rows], prefix[group.rows] = k, group.prefix
         return [(rows, self._forward_suffixes(prefix_kv, slot[rows], prefix[rows],
-                                              [ids[i][p:] for i, p in zip(rows, prefix[rows])], label_ids))
+                                              [ids[i][p:] for i, p in zip(rows, prefix[rows])], label_ids, raw))
                 for rows in wave.batches]
 
     def _prefill(self, prefixes: list[list[int]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -187,7 +197,8 @@ class TransformersEngine(Engine):
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     def _forward_suffixes(self, prefix_kv: list[tuple[torch.Tensor, torch.Tensor]], slots: np.ndarray,
-                          prefix: np.ndarray, suffixes: list[list[int]], label_ids: torch.Tensor) -> torch.Tensor:
+                          prefix: np.ndarray, suffixes: list[list[int]], label_ids: torch.Tensor,
+                          raw: bool = False) -> torch.Tensor:
         """The (rows, labels) values of right-padded ``suffixes``, each after prefix ``slots`` of ``prefix`` tokens."""
         lengths = np.fromiter(map(len, suffixes), dtype=np.int64, count=len(suffixes))
         width = int(prefix.max())
@@ -205,16 +216,17 @@ class TransformersEngine(Engine):
                     for k, v in prefix_kv]
         hidden = self._decoder(input_ids=batch, attention_mask=mask, position_ids=positions,
                                past_key_values=SharedPrefixCache(past), use_cache=True).last_hidden_state
-        return self._head(hidden[torch.arange(len(suffixes), device=self.device), last], label_ids)
+        return self._head(hidden[torch.arange(len(suffixes), device=self.device), last], label_ids, raw)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
 
     @torch.inference_mode()
-    def _forward(self, rows: list[list[int]], lengths: np.ndarray, label_ids: torch.Tensor) -> torch.Tensor:
-        """The (rows, labels) values of one batch, left on the device."""
+    def _forward(self, rows: list[list[int]], lengths: np.ndarray, label_ids: torch.Tensor,
+                 raw: bool = False) -> torch.Tensor:
+        """The (rows, labels) log-probabilities (``raw``: logits) of one batch, left on the device."""
         if self.whole_forward:
-            return self._forward_whole(rows, lengths, label_ids)
+            return self._forward_whole(rows, lengths, label_ids, raw)
         batch = _right_padded(rows, lengths, self._pad_id)
         inputs = torch.from_numpy(np.concatenate([batch.ravel(), lengths - 1]))
         if self.device.type == "cuda":
@@ -222,13 +234,15 @@ class TransformersEngine(Engine):
         inputs = inputs.to(self.device, non_blocking=True)
         batch, last = inputs[: batch.size].view(batch.shape), inputs[batch.size:]
         hidden = self._decoder(input_ids=batch, use_cache=False).last_hidden_state
-        return self._head(hidden[torch.arange(len(rows), device=self.device), last], label_ids)
+        return self._head(hidden[torch.arange(len(rows), device=self.device), last], label_ids, raw)
 
-    def _head(self, last: torch.Tensor, label_ids: torch.Tensor) -> torch.Tensor:
+    def _head(self, last: torch.Tensor, label_ids: torch.Tensor, raw: bool) -> torch.Tensor:
         """The label values of each row's last hidden state, through a float32 copy of the LM head."""
-        return _label_values(torch.nn.functional.linear(last.float(), self._head_weight, self._head_bias), label_ids)
+        logits = torch.nn.functional.linear(last.float(), self._head_weight, self._head_bias)
+        return _label_values(logits, label_ids, raw)
 
-    def _forward_whole(self, rows: list[list[int]], lengths: np.ndarray, label_ids: torch.Tensor) -> torch.Tensor:
+    def _forward_whole(self, rows: list[list[int]], lengths: np.ndarray, label_ids: torch.Tensor,
+                       raw: bool = False) -> torch.Tensor:
         """The model's own forward: left-padded rows, an attention mask, the last position's logits."""
         width = int(lengths.max())
         mask = np.arange(width) >= (width - lengths)[:, None]
@@ -238,7 +252,7 @@ class TransformersEngine(Engine):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = self.model(input_ids=torch.from_numpy(batch).to(self.device), attention_mask=mask.long(),
                             position_ids=positions, use_cache=False, logits_to_keep=1).logits[:, -1]
-        return _label_values(logits, label_ids)
+        return _label_values(logits, label_ids, raw)
 
     @torch.inference_mode()
     def _prefix_sharing_gives_the_same_logits(self) -> bool:
@@ -276,9 +290,11 @@ class TransformersEngine(Engine):
         return torch.allclose(head.float(), forward.float(), rtol=tolerance, atol=tolerance)
 
 
-def _label_values(logits: torch.Tensor, label_ids: torch.Tensor) -> torch.Tensor:
-    """The labels' values from (rows, vocabulary) logits: their log-probabilities under a float32 log-softmax."""
-    return torch.log_softmax(logits.float(), dim=-1)[:, label_ids]
+def _label_values(logits: torch.Tensor, label_ids: torch.Tensor, raw: bool) -> torch.Tensor:
+    """The labels' values from (rows, vocabulary) logits: their float32 raw logits (``raw``), or their
+    log-probabilities under a float32 log-softmax over the whole vocabulary."""
+    logits = logits.float()
+    return logits[:, label_ids] if raw else torch.log_softmax(logits, dim=-1)[:, label_ids]
 
 
 def _right_padded(rows: list[list[int]], lengths: np.ndarray, pad: int) -> np.ndarray:

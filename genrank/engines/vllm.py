@@ -15,6 +15,11 @@ Two ways to read the labels, chosen by the ``LLM``'s runner:
   the labels*: the label mass is always 1, and ``normalize=False`` gives the same scores as the
   default. On CPU (tiny model, 2 loaded cores) it ran 1.0-1.4x the generate path's pairs/s;
   benchmarks/bench_vllm.py measures both on a GPU. The generate path is the exact one.
+
+Raw logits (recipes scored by one label's logit, e.g. bge-reranker-v2-gemma): an ``LLM`` made with
+``logprobs_mode="raw_logits"`` returns, for ``logprob_token_ids``, the label tokens' raw logits
+(before any logits processor) instead of their log-probabilities; the engine then answers
+``Labels(kind="logits")`` only.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from vllm.inputs import TokensPrompt
 from ..errors import InputError
 from ..prompts import Labels, Prompts
 from .base import Engine, LabelLogprobs, grouped_by_query
+from .loading import cache_only
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,9 @@ class VLLMEngine(Engine):
 
     kind = "vllm"
     prompt_format = "tokens"
+    raw_logits_options = {"logprobs_mode": "raw_logits"}  # what makes the LLM return raw logits
+    raw_logits_hint = ("Create the vllm.LLM with logprobs_mode='raw_logits' (VLLMEngine(model, "
+                       "logprobs_mode='raw_logits'); Reranker(model, engine='vllm') does so for such a recipe")
 
     def __init__(self, model: str | None = None, *, llm: vllm.LLM | None = None,
                  method: Literal["generate", "pooling"] | None = None, **vllm_kwargs: Any):
@@ -79,6 +88,8 @@ class VLLMEngine(Engine):
                 self._check_generate_llm()
         else:
             self.method = method or "generate"
+            # fails within seconds, in one line, when the model cannot be fetched (vLLM reads a cached one itself)
+            cache_only(model, revision=vllm_kwargs.get("revision"))
             if self.method == "generate":
                 self._llm = vllm.LLM(model, **vllm_kwargs)
                 self._check_generate_llm()
@@ -108,6 +119,20 @@ class VLLMEngine(Engine):
         return "logprob_token_ids" if _HAS_LABEL_IDS else f"top_logprobs={self._llm.llm_engine.model_config.max_logprobs}"
 
     @property
+    def max_positions(self) -> int | None:
+        """The model's ``max_position_embeddings`` (some recipes fit their prompts to it); None before a pooling LLM exists."""
+        if self._llm is None:
+            return None
+        return getattr(self._llm.llm_engine.model_config.hf_text_config, "max_position_embeddings", None)
+
+    @property
+    def label_kinds(self) -> tuple[str, ...]:
+        """("logits",) for a generate LLM made with logprobs_mode="raw_logits", else ("logprobs",)."""
+        if self.method == "generate" and self._logprobs_mode() == "raw_logits":
+            return ("logits",)
+        return ("logprobs",)
+
+    @property
     def llm(self) -> vllm.LLM | None:
         """The underlying ``vllm.LLM`` (None for method="pooling" before the first call)."""
         return self._llm
@@ -127,6 +152,10 @@ class VLLMEngine(Engine):
         ids = prompts.token_ids
         if ids is None or labels.token_ids is None:
             raise InputError("VLLMEngine needs tokenized prompts and label token ids")
+        if labels.kind not in self.label_kinds:
+            raise InputError(f"this vLLM engine returns label {self.label_kinds[0]}, not {labels.kind}"
+                             + (f". {self.raw_logits_hint}" if labels.kind == "logits" else
+                                "; create the LLM without logprobs_mode='raw_logits'"))
         llm = self._ready(labels)
         values = np.full((len(ids), len(labels.token_ids)), -np.inf)
         errors: dict[int, str] = {}
@@ -139,7 +168,7 @@ class VLLMEngine(Engine):
                              f"lower max_length or raise max_model_len")
         order = [i for i in grouped_by_query(prompts) if i not in errors]
         if not order:
-            return LabelLogprobs(values, errors)
+            return LabelLogprobs(values, errors, kind=labels.kind)
         batch = [TokensPrompt(prompt_token_ids=list(ids[i])) for i in order]
         if self.method == "generate":
             outputs = llm.generate(batch, self._sampling_params(labels), use_tqdm=False)
@@ -153,7 +182,7 @@ class VLLMEngine(Engine):
             outputs = llm.classify(batch, use_tqdm=False)
             with np.errstate(divide="ignore"):
                 values[order] = np.log(np.array([o.outputs.probs for o in outputs], dtype=np.float64))
-        return LabelLogprobs(values, errors)
+        return LabelLogprobs(values, errors, kind=labels.kind)
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -175,12 +204,16 @@ class VLLMEngine(Engine):
                              "hf_overrides=VLLMEngine.pooling_overrides(tokenizer, labels)")
         return self._llm
 
+    def _logprobs_mode(self) -> str:
+        return getattr(self._llm.llm_engine.model_config, "logprobs_mode", "raw_logprobs")
+
     def _check_generate_llm(self) -> None:
         config = self._llm.llm_engine.model_config
-        mode = getattr(config, "logprobs_mode", "raw_logprobs")
-        if mode != "raw_logprobs":
+        mode = self._logprobs_mode()
+        if mode not in ("raw_logprobs", "raw_logits"):
             raise InputError(f"the llm was built with logprobs_mode={mode!r}; genrank needs 'raw_logprobs' "
-                             "(vLLM's default: log-probabilities before any logits processor)")
+                             "(vLLM's default: log-probabilities before any logits processor) or 'raw_logits' "
+                             "(for recipes scored by a raw logit)")
         if not _HAS_LABEL_IDS:
             log.warning("this vLLM has no SamplingParams.logprob_token_ids (added in 0.32); reading the top-%d "
                         "log-probabilities, so labels outside them count 0 (see label_mass)", config.max_logprobs)

@@ -19,7 +19,6 @@ from urllib.parse import urlsplit
 
 from ..calibration import Calibration
 from ..reranker import Reranker
-from ..templates import DEFAULT_TEMPLATE
 from . import Hit, adapter_calibration, arank_texts, framework_error, rank_texts
 
 try:
@@ -50,16 +49,16 @@ class GenrankRanker:
     """
 
     def __init__(self, model: str | Path | None = None, *, engine: str = "auto",
-                 template: str | Path = DEFAULT_TEMPLATE, max_length: int = 1024, instruction: str | None = None,
+                 template: str | Path | None = None, max_length: int | None = None, instruction: str | None = None,
                  engine_options: dict[str, Any] | None = None, api_key: Secret | None = None, top_k: int = 10,
                  meta_fields_to_embed: list[str] | None = None, embedding_separator: str = "\n",
                  score_threshold: float | None = None, calibration: str | None = None,
                  allow_other_model: bool = False):
         """
-        :param model: Model id or path; None takes the template's default model.
+        :param model: Model id or path; None takes the recipe's default model.
         :param engine: Engine name: "auto", "hf", "vllm", "lmdeploy" or "openai".
-        :param template: Template name or path of a template file.
-        :param max_length: Prompts are cut to this many tokens.
+        :param template: Recipe name or path of a recipe file; None: the recipe whose models name the model.
+        :param max_length: Prompts are cut to this many tokens; None: the recipe's.
         :param instruction: Task instruction, for instruction-aware templates.
         :param engine_options: Keyword arguments for the engine (device, dtype, base_url, ...).
         :param api_key: The remote engine's API key, as a Secret (e.g. ``Secret.from_env_var("GENRANK_API_KEY")``).
@@ -79,7 +78,7 @@ class GenrankRanker:
         _check_no_secrets(engine_options)
         self.model = None if model is None else str(model)
         self.engine = engine
-        self.template = str(template)
+        self.template = None if template is None else str(template)
         self.max_length = max_length
         self.instruction = instruction
         self.engine_options = engine_options

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
 import uuid
@@ -114,10 +115,13 @@ class Service:
 
     async def rank(self, request: Request, query: str, texts: list[str], *, field: str,
                    max_document_tokens: int | None = None, long_documents: str | None = None,
-                   refuse_cut: bool = False) -> Ranking:
+                   refuse_cut: bool = False, instruction: str | None = None) -> Ranking:
         """Score ``texts`` against ``query``: admitted under the queue limit, prepared on a worker
         thread, scored by the scheduler, cancelled if the client goes away or time runs out."""
         reranker, scheduler = self.ready()
+        if instruction is not None and not reranker.template.takes_instruction:
+            raise ApiError(422, f"instruction: this server's recipe {reranker.template.name!r} takes no instruction",
+                           field="instruction")
         if len(texts) > self.settings.max_documents:
             raise ApiError(413, f"{field} has {len(texts)} items; this server takes at most "
                                 f"{self.settings.max_documents} per request (--max-documents)", field=field)
@@ -128,7 +132,8 @@ class Service:
             with scheduler.admit(len(texts)):
                 scored, tokens = await _guarded(
                     request, self._score(reranker, scheduler, query, texts, field=field, refuse_cut=refuse_cut,
-                                         max_document_tokens=max_document_tokens, long_documents=long_documents),
+                                         max_document_tokens=max_document_tokens, long_documents=long_documents,
+                                         instruction=instruction),
                     self.settings.request_timeout)
         except QueueFull as e:
             raise ApiError(429, str(e), headers={"Retry-After": "1"}) from None
@@ -145,13 +150,15 @@ class Service:
 
     async def _score(self, reranker: Reranker, scheduler: Scheduler, query: str, texts: list[str], *, field: str,
                      refuse_cut: bool, max_document_tokens: int | None,
-                     long_documents: str | None) -> tuple[ScoredPairs, int]:
+                     long_documents: str | None, instruction: str | None = None) -> tuple[ScoredPairs, int]:
         if max_document_tokens is not None and reranker.builder.tokenizer is None:
             max_document_tokens = None  # no tokenizer to count with: documents go whole, as all prompts do
         parts, built = [], 0
         for piece in _pieces([(query, t) for t in texts], min(self.settings.max_batch_pairs, _PIECE) or _PIECE):
             try:  # piece by piece, so that a request cancelled meanwhile stops here
-                parts.append(await asyncio.to_thread(reranker.prepare, piece, long_documents=long_documents,
+                parts.append(await asyncio.to_thread(reranker.prepare, piece,
+                                                     None if instruction is None else [instruction] * len(piece),
+                                                     long_documents=long_documents,
                                                      max_document_tokens=max_document_tokens))
             except GenrankError as e:  # genrank's own message about this request's input
                 raise ApiError(422, str(e)) from None
@@ -225,7 +232,7 @@ def _results(ranking: Ranking, top_n: int | None, documents: list[Any] | None,
         if documents is not None:
             doc = documents[i]
             item["document"] = doc if isinstance(doc, dict) else {"text": doc}
-        extra = {"score": float(s.score[i]), "label_mass": float(s.label_mass[i]), "truncated": bool(s.truncated[i])}
+        extra = {"score": float(s.score[i]), "label_mass": _number(s.label_mass[i]), "truncated": bool(s.truncated[i])}
         if s.probability is not None:  # relevance_score is the calibrated probability: keep the uncalibrated value
             extra["relevance"] = float(s.relevance[i])
         if s.windows is not None:
@@ -233,6 +240,11 @@ def _results(ranking: Ranking, top_n: int | None, documents: list[Any] | None,
         item["genrank"] = extra
         results.append(item)
     return results
+
+
+def _number(value: float) -> float | None:
+    """A float for JSON; NaN (e.g. the label mass of raw logits) is null."""
+    return None if math.isnan(value) else float(value)
 
 
 def _validated(model: type[M], body: dict[str, Any]) -> M:
@@ -333,14 +345,14 @@ def create_app(reranker: Reranker | Callable[[], Reranker], settings: ServeSetti
     @app.post("/v2/rerank", summary="Cohere v2 rerank", responses={200: {"model": RerankResponse}, **_ERRORS})
     async def rerank_v2(body: CohereV2Request, request: Request) -> JSONResponse:
         ranking = await service.rank(request, body.query, body.documents, field="documents",
-                                     max_document_tokens=body.max_tokens_per_doc)
+                                     max_document_tokens=body.max_tokens_per_doc, instruction=body.task_instruction())
         return JSONResponse(_rerank_body(ranking, "2", _results(
             ranking, body.top_n, body.documents if body.return_documents else None, body.min_relevance)))
 
     @app.post("/v1/rerank", summary="Jina / Cohere v1 rerank", responses={200: {"model": RerankResponse}, **_ERRORS})
     async def rerank_v1(body: JinaRequest, request: Request) -> JSONResponse:
         ranking = await service.rank(request, body.query, body.texts(), field="documents",
-                                     max_document_tokens=body.max_tokens_per_doc)
+                                     max_document_tokens=body.max_tokens_per_doc, instruction=body.task_instruction())
         return JSONResponse(_rerank_body(ranking, "1", _results(
             ranking, body.top_n, body.documents if body.return_documents else None, body.min_relevance)))
 
@@ -352,13 +364,13 @@ def create_app(reranker: Reranker | Callable[[], Reranker], settings: ServeSetti
         tei = _validated(TEIRequest, body)
         ranking = await service.rank(request, tei.query, tei.texts, field="texts",
                                      long_documents="truncate" if tei.truncate else None,
-                                     refuse_cut=tei.truncate is False)
+                                     refuse_cut=tei.truncate is False, instruction=tei.task_instruction())
         s = ranking.scored
         out = []
         for i in ranking.order(None, tei.min_relevance):
             item: dict[str, Any] = {"index": i, "score": float(s.score[i] if tei.raw_scores else ranking.relevance[i])}
             if tei.raw_scores:
-                item["label_mass"] = float(s.label_mass[i])
+                item["label_mass"] = _number(s.label_mass[i])
             if tei.return_text:
                 item["text"] = tei.texts[i]
             out.append(item)

@@ -33,10 +33,27 @@ _OBJECT_WITH_TEXT = {"type": "object", "properties": {"text": {"type": "string"}
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
+    instruction: str | None = Field(None, description="task instruction for recipes that take one (vLLM, LiteLLM)")
+    instruct: str | None = Field(None, description="the same, as SGLang names it")
+
     @field_validator("query", check_fields=False)
     @classmethod
     def _query(cls, value: str) -> str:
         return check_text(value, "query", allow_empty=False)
+
+    @field_validator("instruction", "instruct")
+    @classmethod
+    def _instruction(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return value
+        other = info.data.get("instruction") if info.field_name == "instruct" else None
+        if other is not None and other != value:
+            raise ValueError("instruct and instruction are two names for one field; send one of them")
+        return check_text(value, info.field_name)
+
+    def task_instruction(self) -> str | None:
+        """The request's instruction (``instruction`` or ``instruct``), None for the server's own."""
+        return self.instruction if self.instruction is not None else self.instruct
 
 
 class CohereV2Request(_Request):
@@ -120,8 +137,8 @@ class TEIRequest(_Request):
 
     query: str = Field(description="the search query (not blank)", json_schema_extra=_QUERY)
     texts: list[str] = Field(description="the texts to rank")
-    raw_scores: bool = Field(False, description="score = expected label value (e.g. 1-7) with label_mass, "
-                                                "instead of relevance on [0, 1]")
+    raw_scores: bool = Field(False, description="score = the recipe's raw score (e.g. the expected label value "
+                                                "1-7, or a logit) with label_mass, instead of relevance on [0, 1]")
     return_text: bool = Field(False, description="include each text in its result")
     truncate: bool | None = Field(None, description="true: cut texts that do not fit; false: refuse them (413); "
                                                     "absent: the server's --long-documents")
@@ -140,8 +157,10 @@ class TEIRequest(_Request):
 
 
 class GenrankScores(BaseModel):
-    score: float = Field(description="expected label value (1-7 for lb-reranker)")
-    label_mass: float = Field(description="probability the model put on the labels")
+    score: float = Field(description="the recipe's raw score (expected label value 1-7 for lb-reranker; a log-odds "
+                                     "or a logit for others)")
+    label_mass: float | None = Field(description="probability the model put on the labels (null when the engine "
+                                                 "gave raw logits)")
     truncated: bool = Field(description="the query or document was cut to fit")
     windows: int | None = Field(None, description="windows the document was scored in (--long-documents chunks)")
     relevance: float | None = Field(None, description="the uncalibrated relevance on [0, 1], when the server has "
@@ -150,8 +169,8 @@ class GenrankScores(BaseModel):
 
 class RerankResult(BaseModel):
     index: int = Field(description="the document's position in the request")
-    relevance_score: float = Field(description="relevance on [0, 1]; with --calibration the calibrated probability "
-                                               "that the document is relevant")
+    relevance_score: float = Field(description="relevance on [0, 1] by the recipe's rule; with --calibration the "
+                                               "calibrated probability that the document is relevant")
     document: dict[str, Any] | None = Field(None, description="{\"text\": ...} (or the object sent), with return_documents")
     genrank: GenrankScores
 
@@ -171,7 +190,7 @@ class TEIResult(BaseModel):
 
     index: int
     score: float = Field(description="relevance on [0, 1] (with --calibration the calibrated probability); with "
-                                     "raw_scores the expected label value")
+                                     "raw_scores the recipe's raw score")
     label_mass: float | None = Field(None, description="with raw_scores")
     text: str | None = Field(None, description="with return_text")
 

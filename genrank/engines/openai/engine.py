@@ -21,6 +21,7 @@ import aiohttp
 import numpy as np
 from yarl import URL
 
+from ...errors import InputError
 from ...prompts import Labels, Prompts, label_token_ids
 from ..base import Engine, LabelLogprobs, grouped_by_query
 from .background import Background
@@ -89,6 +90,11 @@ class OpenAIEngine(Engine):
     estimated at 4 characters a token). ``show_progress`` (default: when stderr is a terminal)
     shows one bar for the calls in flight, with pairs/s, failures and backups so far.
 
+    ``logprobs_mode="raw_logits"`` says that the server is a vLLM started with
+    ``--logprobs-mode raw_logits``: its "logprobs" are then the label tokens' raw logits, which
+    recipes scored by a raw logit need (bge-reranker-v2-gemma); the engine answers only
+    ``Labels(kind="logits")`` then. genrank cannot check the server's mode: state it truly.
+
     ``close()`` (or ``with engine:``) ends the background thread and sessions; ``aclose()`` (or
     ``async with engine:``) also awaits the running loop's session. Closing is final (a later call
     raises RuntimeError) and safe from any thread, more than once; calls in flight fail. An
@@ -97,6 +103,8 @@ class OpenAIEngine(Engine):
 
     kind = "openai"
     native_async = True
+    raw_logits_hint = ("If the server is a vLLM started with --logprobs-mode raw_logits, pass "
+                       "logprobs_mode='raw_logits' to OpenAIEngine")
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  mode: Literal["chat", "completions"] = "chat", content: Content = "data",
@@ -107,36 +115,41 @@ class OpenAIEngine(Engine):
                  tokenizer: Any | None = None, requests_per_second: float | None = None,
                  tokens_per_minute: float | None = None, default_headers: Mapping[str, str] | None = None,
                  default_query: Mapping[str, str | int | float] | None = None,
-                 show_progress: bool | None = None, trust_remote_code: bool = False):
+                 show_progress: bool | None = None, trust_remote_code: bool = False,
+                 logprobs_mode: Literal["raw_logprobs", "raw_logits"] = "raw_logprobs"):
         if mode not in ("chat", "completions"):
-            raise ValueError(f"mode must be 'chat' or 'completions', got {mode!r}")
+            raise InputError(f"mode must be 'chat' or 'completions', got {mode!r}")
         if content not in ("data", "verbatim"):
-            raise ValueError(f"content must be 'data' (special-token text in a query or document is never read as "
+            raise InputError(f"content must be 'data' (special-token text in a query or document is never read as "
                              f"a control token) or 'verbatim' (chat content sent unchanged), got {content!r}")
         if content == "verbatim" and mode == "completions":
-            raise ValueError("content='verbatim' is for chat mode; completions mode sends genrank's token ids, "
+            raise InputError("content='verbatim' is for chat mode; completions mode sends genrank's token ids, "
                              "where content is always data")
         if server not in ("auto", "vllm", "other"):
-            raise ValueError(f"server must be 'auto' (asked of the server), 'vllm' (vLLM 0.32 or later) or 'other', "
+            raise InputError(f"server must be 'auto' (asked of the server), 'vllm' (vLLM 0.32 or later) or 'other', "
                              f"got {server!r}")
         for name, value in (("concurrency", concurrency), ("max_calls_in_flight", max_calls_in_flight)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise InputError(f"{name} must be a positive integer, got {value!r}")
         if not _positive(timeout):
-            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+            raise InputError(f"timeout must be a positive number of seconds, got {timeout!r}")
         for name, rate in (("requests_per_second", requests_per_second), ("tokens_per_minute", tokens_per_minute)):
             if rate is not None and not _positive(rate):
-                raise ValueError(f"{name} must be a positive number or None, got {rate!r}")
+                raise InputError(f"{name} must be a positive number or None, got {rate!r}")
         if not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be a non-negative integer, got {max_retries!r}")
+            raise InputError(f"max_retries must be a non-negative integer, got {max_retries!r}")
         if isinstance(backup_requests, bool) or not isinstance(backup_requests, numbers.Real) \
                 or not 0 <= backup_requests <= 1:
-            raise ValueError("backup_requests must be the share of requests that may be sent a second time when "
+            raise InputError("backup_requests must be the share of requests that may be sent a second time when "
                              f"the first has no answer in time, from 0 (never) to 1, got {backup_requests!r}")
         if top_logprobs is not None and (not isinstance(top_logprobs, int) or not 1 <= top_logprobs <= 20):
-            raise ValueError(f"top_logprobs must be an integer 1..20 or None (as many as allowed), got {top_logprobs!r}")
+            raise InputError("top_logprobs must be an integer 1..20 or None (as many as allowed), "
+                             f"got {top_logprobs!r}")
+        if logprobs_mode not in ("raw_logprobs", "raw_logits"):
+            raise InputError("logprobs_mode must be 'raw_logprobs' (the server's default) or 'raw_logits' (a vLLM "
+                             f"server started with --logprobs-mode raw_logits), got {logprobs_mode!r}")
         if label_token_ids not in ("auto", True, False):
-            raise ValueError(f"label_token_ids must be 'auto', True or False, got {label_token_ids!r}")
+            raise InputError(f"label_token_ids must be 'auto', True or False, got {label_token_ids!r}")
         self.model = model
         self.mode = mode
         self.content = content
@@ -147,10 +160,12 @@ class OpenAIEngine(Engine):
         self.max_retries = max_retries
         self.backup_requests = float(backup_requests)
         self.label_token_ids = label_token_ids
+        self.logprobs_mode = logprobs_mode
+        self.label_kinds = ("logits",) if logprobs_mode == "raw_logits" else ("logprobs",)
         self.show_progress = show_progress
         self._api_key = api_key or os.environ.get("GENRANK_API_KEY") or os.environ.get("OPENAI_API_KEY")
         if self._api_key and URL(self.base_url).user is not None:  # aiohttp allows one kind of credentials
-            raise ValueError("base_url holds a user name and there is an API key; give one or the other")
+            raise InputError("base_url holds a user name and there is an API key; give one or the other")
         headers = {"Content-Type": "application/json", **(default_headers or {})}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
@@ -201,7 +216,8 @@ class OpenAIEngine(Engine):
         if self.content == "verbatim":
             sent += " (content verbatim)"
         if self._reads_label_ids(server):
-            return f"{sent}; label token ids"
+            raw = "; raw logits" if self.logprobs_mode == "raw_logits" else ""
+            return f"{sent}; label token ids{raw}"
         top = self._dispatcher.top_logprobs if not self._dispatcher.top_logprobs_auto else "20 (5 if refused)"
         return f"{sent}; top {top} log-probs"
 
@@ -238,12 +254,18 @@ class OpenAIEngine(Engine):
         n = len(prompts)
         values = np.full((n, len(labels.texts)), -np.inf)
         errors: dict[int, str] = {}
+        if labels.kind not in self.label_kinds:
+            raise InputError(f"OpenAIEngine(logprobs_mode={self.logprobs_mode!r}) returns label {self.label_kinds[0]}, "
+                             f"not {labels.kind}" + (f". {self.raw_logits_hint}" if labels.kind == "logits" else ""))
         if not n:
-            return LabelLogprobs(values)
+            return LabelLogprobs(values, kind=labels.kind)
         queue = self._dispatcher.queue()
         server = await self._server.get(queue.session)
         request, ids, altered = await self._requests(queue.session, server, prompts, labels)
-        extract = extractor(labels, ids)
+        if labels.kind == "logits" and ids is None:
+            raise InputError("raw label logits need a vLLM server (0.32 or later) that returns the logprobs of "
+                             "chosen token ids (logprob_token_ids); this server does not")
+        extract = extractor(labels, ids, raw=labels.kind == "logits")
         fetch_one, api_key = self._dispatcher.fetch, self._api_key
         show = self.show_progress if self.show_progress is not None else sys.stderr.isatty()
         with self._progress.call(n, show) as progress:
@@ -260,7 +282,7 @@ class OpenAIEngine(Engine):
             await queue.run(Job(grouped_by_query(prompts), fetch))
         if errors:
             log.warning("%d of %d requests failed; first: %s", len(errors), n, errors[min(errors)])
-        return LabelLogprobs(values, errors, altered)
+        return LabelLogprobs(values, errors, altered, labels.kind)
 
     def close(self) -> None:
         """End the background thread and close the sessions (those of other event loops at their next turn)."""
@@ -304,13 +326,13 @@ class OpenAIEngine(Engine):
                 altered = prompts.holding_special_tokens()
             if prefix:
                 if server != "vllm":
-                    raise ValueError(
+                    raise InputError(
                         f"template {prompts.template.name!r} has an assistant prefix, which chat mode can send "
                         f"only to a vLLM server (continue_final_message); {shown(URL(self.base_url))} is not one. "
                         "Use mode='completions' with the model's tokenizer.")
                 payloads = [c + [{"role": "assistant", "content": prefix}] for c in payloads]
         elif prompts.token_ids is None:
-            raise ValueError("completions mode needs the model's tokenizer (tokenizer=...)")
+            raise InputError("completions mode needs the model's tokenizer (tokenizer=...)")
         else:
             payloads = prompts.token_ids
         url = endpoint(self.base_url, "chat/completions" if chat else "completions", self._query)
@@ -348,7 +370,7 @@ class OpenAIEngine(Engine):
                 ids = await server_label_ids(session, endpoint(self.base_url, "tokenize", self._query, root=True),
                                              self.model, labels.texts, self._dispatcher.proxy)
             if ids is None:
-                raise ValueError("label_token_ids=True needs the label token ids: pass tokenizer=... "
+                raise InputError("label_token_ids=True needs the label token ids: pass tokenizer=... "
                                  "or use a vLLM server (it has /tokenize)")
         self._label_ids[labels.texts] = ids
         return ids
@@ -381,10 +403,13 @@ def _load_tokenizer(tokenizer: Any | None, trust_remote_code: bool) -> Any | Non
         return tokenizer
     try:
         from transformers import AutoTokenizer
+
+        from ..loading import pretrained
     except ImportError:
         raise ImportError("loading a tokenizer by name needs transformers: pip install transformers") from None
     try:
-        return AutoTokenizer.from_pretrained(tokenizer, trust_remote_code=trust_remote_code)
+        return pretrained(AutoTokenizer.from_pretrained, tokenizer, filename="tokenizer_config.json",
+                          trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load the tokenizer {tokenizer!r} (completions mode and prompt truncation need "
+        raise InputError(f"cannot load the tokenizer {tokenizer!r} (completions mode and prompt truncation need "
                          f"the model's tokenizer; pass tokenizer=NAME_OR_PATH or a tokenizer object): {e}") from None

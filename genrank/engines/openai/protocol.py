@@ -57,14 +57,19 @@ def refuses_top_logprobs(status: int, text: str) -> bool:
     return status == 400 and "logprobs" in server_message(text).lower()
 
 
-def extractor(labels: Labels, ids: Sequence[int] | None) -> Extract:
+def extractor(labels: Labels, ids: Sequence[int] | None, raw: bool = False) -> Extract:
     """A function from a response to the (K,) label log-probs.
 
     Tokens are matched to labels by id when the server returns ``token_id:N`` forms, else by text
     after stripping whitespace ("7", " 7" and "7\\n" are one label, their probabilities summed);
     other tokens are ignored. A response without log-probs for the first token is rejected (the
     server ignores ``logprobs``; asking again returns the same), a malformed one is transient.
+    ``raw``: the values are raw logits (``--logprobs-mode raw_logits``), matched by id and taken as
+    they are; a label without one is -inf (the scorer reports that pair).
     """
+    if raw:
+        return raw_extractor(labels, ids or ())
+
     match = {t.strip(): k for k, t in enumerate(labels.texts)}
     match.update({f"{TOKEN_ID_PREFIX}{t}": k for k, t in enumerate(ids or ())})
     k_labels = len(labels.texts)
@@ -88,6 +93,30 @@ def extractor(labels: Labels, ids: Sequence[int] | None) -> Extract:
         except (KeyError, IndexError, TypeError, AttributeError, ValueError):
             raise Transient("response has no usable first-token top logprobs") from None
         return [math.log(min(p, 1.0)) if p > 0.0 else -math.inf for p in probs]
+
+    return extract
+
+
+def raw_extractor(labels: Labels, ids: Sequence[int]) -> Extract:
+    """Raw label logits from a vLLM server run with ``--logprobs-mode raw_logits``, by token id."""
+    where = {f"{TOKEN_ID_PREFIX}{t}": k for k, t in enumerate(ids)}
+
+    def extract(data: dict) -> list[float]:
+        out = [-math.inf] * len(labels.texts)
+        try:
+            logprobs = data["choices"][0].get("logprobs") or {}
+            chat = "content" in logprobs
+            first = logprobs.get("content" if chat else "top_logprobs")
+            if not first:
+                raise Rejected("the server returned no logprobs for the first token (does it support logprobs?)")
+            top = ((e["token"], e["logprob"]) for e in first[0]["top_logprobs"]) if chat else first[0].items()
+            for token, value in top:
+                k = where.get(token.strip())
+                if k is not None:
+                    out[k] = float(value)
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            raise Transient("response has no usable first-token logprobs") from None
+        return out
 
     return extract
 

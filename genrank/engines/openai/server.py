@@ -14,6 +14,7 @@ import aiohttp
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 from yarl import URL
 
+from ...errors import InputError
 from .errors import RETRY_STATUS, Transient, connection_error, http_error, retry_wait, shown
 from .protocol import endpoint, owned_by_vllm, returns_chosen_logprobs
 
@@ -122,7 +123,7 @@ async def server_label_ids(session: aiohttp.ClientSession, url: URL, model: str,
         if not tokens:
             return None
         if len(tokens) != 1:
-            raise ValueError(f"label {text!r} is {len(tokens)} tokens {tokens} for the server's tokenizer, "
+            raise InputError(f"label {text!r} is {len(tokens)} tokens {tokens} for the server's tokenizer, "
                              "not one; labels must be single tokens")
         ids.append(tokens[0])
     return tuple(ids)
