@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from yarl import URL  # aiohttp's URL type
@@ -67,58 +67,41 @@ def extractor(labels: Labels, ids: Sequence[int] | None, raw: bool = False) -> E
     ``raw``: the values are raw logits (``--logprobs-mode raw_logits``), matched by id and taken as
     they are; a label without one is -inf (the scorer reports that pair).
     """
-    if raw:
-        return raw_extractor(labels, ids or ())
-
-    match = {t.strip(): k for k, t in enumerate(labels.texts)}
-    match.update({f"{TOKEN_ID_PREFIX}{t}": k for k, t in enumerate(ids or ())})
+    ids = tuple(ids or ())
+    by_id = {f"{TOKEN_ID_PREFIX}{t}": k for k, t in enumerate(ids)}
+    match = by_id if raw else {**{t.strip(): k for k, t in enumerate(labels.texts)}, **by_id}
     k_labels = len(labels.texts)
 
     def extract(data: dict) -> list[float]:
-        probs = [0.0] * k_labels
+        values = [-math.inf if raw else 0.0] * k_labels
         try:
-            logprobs = data["choices"][0].get("logprobs") or {}
-            chat = "content" in logprobs
-            first = logprobs.get("content" if chat else "top_logprobs")
-            if not first:
-                raise Rejected("the server returned no logprobs for the first token (does it support logprobs?)")
-            if chat:  # [{"token", "logprob", "top_logprobs": [{"token", "logprob"}, ...]}, ...]
-                top = ((e["token"], e["logprob"]) for e in first[0]["top_logprobs"])
-            else:  # completions: [{token: logprob}, ...]
-                top = first[0].items()
-            for token, logprob in top:
+            for token, value in _first_token_top(data):
                 k = match.get(token.strip())
-                if k is not None:
-                    probs[k] += math.exp(min(float(logprob), 0.0))
+                if k is None:
+                    continue
+                if raw:
+                    values[k] = float(value)
+                else:
+                    values[k] += math.exp(min(float(value), 0.0))
         except (KeyError, IndexError, TypeError, AttributeError, ValueError):
             raise Transient("response has no usable first-token top logprobs") from None
-        return [math.log(min(p, 1.0)) if p > 0.0 else -math.inf for p in probs]
+        if raw:
+            return values
+        return [math.log(min(p, 1.0)) if p > 0.0 else -math.inf for p in values]
 
     return extract
 
 
-def raw_extractor(labels: Labels, ids: Sequence[int]) -> Extract:
-    """Raw label logits from a vLLM server run with ``--logprobs-mode raw_logits``, by token id."""
-    where = {f"{TOKEN_ID_PREFIX}{t}": k for k, t in enumerate(ids)}
-
-    def extract(data: dict) -> list[float]:
-        out = [-math.inf] * len(labels.texts)
-        try:
-            logprobs = data["choices"][0].get("logprobs") or {}
-            chat = "content" in logprobs
-            first = logprobs.get("content" if chat else "top_logprobs")
-            if not first:
-                raise Rejected("the server returned no logprobs for the first token (does it support logprobs?)")
-            top = ((e["token"], e["logprob"]) for e in first[0]["top_logprobs"]) if chat else first[0].items()
-            for token, value in top:
-                k = where.get(token.strip())
-                if k is not None:
-                    out[k] = float(value)
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
-            raise Transient("response has no usable first-token logprobs") from None
-        return out
-
-    return extract
+def _first_token_top(data: dict) -> Iterator[tuple[str, float]]:
+    """(token, value) of the first generated position's top entries, from a chat or completions answer."""
+    logprobs = data["choices"][0].get("logprobs") or {}
+    chat = "content" in logprobs
+    first = logprobs.get("content" if chat else "top_logprobs")
+    if not first:
+        raise Rejected("the server returned no logprobs for the first token (does it support logprobs?)")
+    if chat:  # [{"token", "logprob", "top_logprobs": [{"token", "logprob"}, ...]}, ...]
+        return ((e["token"], e["logprob"]) for e in first[0]["top_logprobs"])
+    return iter(first[0].items())  # completions: [{token: logprob}, ...]
 
 
 def owned_by_vllm(models: dict | None) -> bool:
