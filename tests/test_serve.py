@@ -300,7 +300,8 @@ def test_long_document_relevant_passage_at_the_end_is_found_in_chunks(server, of
 
     cut = httpx.post(f"{server.url}/rerank", json={"query": SEED_QUERY, "texts": docs, "truncate": True},
                      headers=AUTH).json()
-    assert cut[0]["score"] == cut[1]["score"]  # cut to the same first window: the passage is never seen
+    # cut to the same first window: the passage is never seen (equal up to batch rounding)
+    assert cut[0]["score"] == pytest.approx(cut[1]["score"], abs=1e-6)
     assert got[0]["relevance_score"] > cut[0]["score"]
     whole = httpx.post(f"{server.url}/rerank", json={"query": SEED_QUERY, "texts": docs, "truncate": False},
                        headers=AUTH).json()  # nothing cut: in chunks the texts are windowed

@@ -198,10 +198,10 @@ def test_a_timed_out_request_stops_building_its_prompts(hf_engine):
     built: list[int] = []
     prepare = reranker.prepare
 
-    def slow_prepare(pairs, **options):
+    def slow_prepare(pairs, *args, **options):
         built.append(len(pairs))
         time.sleep(0.2)
-        return prepare(pairs, **options)
+        return prepare(pairs, *args, **options)
 
     reranker.prepare = slow_prepare
     app = create_app(reranker, ServeSettings(request_timeout=0.5))

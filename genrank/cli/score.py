@@ -66,7 +66,8 @@ def _score_on_ray(args: argparse.Namespace, fields: dict[str, Any]) -> Any:
 
     from .. import ray as genrank_ray
 
-    if not ray.is_initialized():
+    started = not ray.is_initialized()  # a Ray this command starts, it also stops
+    if started:
         ray.init(address=args.address, log_to_driver=not args.quiet)
     make_reranker = functools.partial(reranker_from_args, args)
     try:
@@ -79,6 +80,9 @@ def _score_on_ray(args: argparse.Namespace, fields: dict[str, Any]) -> Any:
     except KeyboardInterrupt:
         print(f"genrank: interrupted; {_kept(args.output)}", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def _kept(output: str) -> str:

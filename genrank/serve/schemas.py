@@ -33,7 +33,8 @@ _OBJECT_WITH_TEXT = {"type": "object", "properties": {"text": {"type": "string"}
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
-    instruction: str | None = Field(None, description="task instruction for recipes that take one (vLLM, LiteLLM)")
+    instruction: str | None = Field(None, description=(
+        "task instruction for recipes that take one (vLLM, LiteLLM); 422 when the server's recipe takes none"))
     instruct: str | None = Field(None, description="the same, as SGLang names it")
 
     @field_validator("query", check_fields=False)
