@@ -30,8 +30,13 @@ PositiveCount = Annotated[int, Field(ge=1), BeforeValidator(_integral)]
 _OBJECT_WITH_TEXT = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
 
 
+# ``instruction`` and ``instruct`` are two names for one field: a request gives at most one of them.
+_ONE_INSTRUCTION = {"not": {"properties": {"instruction": {"type": "string"}, "instruct": {"type": "string"}},
+                            "required": ["instruction", "instruct"]}}
+
+
 class _Request(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore", json_schema_extra=_ONE_INSTRUCTION)
 
     instruction: str | None = Field(None, description=(
         "task instruction for recipes that take one (vLLM, LiteLLM); 422 when the server's recipe takes none"))
@@ -47,8 +52,7 @@ class _Request(BaseModel):
     def _instruction(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return value
-        other = info.data.get("instruction") if info.field_name == "instruct" else None
-        if other is not None and other != value:
+        if info.field_name == "instruct" and info.data.get("instruction") is not None:
             raise ValueError("instruct and instruction are two names for one field; send one of them")
         return check_text(value, info.field_name)
 
@@ -85,6 +89,7 @@ class JinaRequest(_Request):
     """
 
     model_config = ConfigDict(json_schema_extra={
+        **_ONE_INSTRUCTION,
         "if": {"properties": {"rank_fields": {"type": "array", "minItems": 1}}, "required": ["rank_fields"]},
         "else": {"properties": {"documents": {"items": {"anyOf": [{"type": "string"}, _OBJECT_WITH_TEXT]}}}}})
 
