@@ -73,7 +73,8 @@ def main() -> None:
     p.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray")
     args = p.parse_args()
 
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, object_store_memory=300 << 20)
+    ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
+             object_store_memory=300 << 20)
     make = functools.partial(standin_reranker, seconds_per_pair=args.seconds_per_pair)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

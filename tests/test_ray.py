@@ -36,7 +36,8 @@ def local_ray():
     # Workers import the stand-in engine from tests/. Ray 2.60 on 2 cores: a pipeline stalls at
     # num_cpus=2; 4 logical CPUs and half a CPU per actor run.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, object_store_memory=200 << 20)
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
+             object_store_memory=200 << 20)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:

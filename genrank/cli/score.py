@@ -68,7 +68,9 @@ def _score_on_ray(args: argparse.Namespace, fields: dict[str, Any]) -> Any:
 
     started = not ray.is_initialized()  # a Ray this command starts, it also stops
     if started:
-        ray.init(address=args.address, log_to_driver=not args.quiet)
+        # no --address and no RAY_ADDRESS: a new local Ray, never whatever cluster Ray last recorded
+        # in /tmp/ray (a stale record of a dead one would hang the start)
+        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=not args.quiet)
     make_reranker = functools.partial(reranker_from_args, args)
     try:
         return genrank_ray.score_files_ray(
