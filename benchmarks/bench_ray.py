@@ -6,11 +6,13 @@
    the time a GPU would take; no CPU used, so 2 actors can overlap even on 2 cores). Reports the
    median pairs/s of each, wall time from call to return (Ray: probe, id check, checkpoint and
    summary included).
-2. Kill: a driver scoring the input (``--kill-actors`` actors) is SIGKILLed once ~40% of the rows are
-   committed; a new driver resumes. Reports rows committed at the kill, rows scored twice (scored
-   by the engines in both runs together, minus the input's rows) and that as blocks per actor.
+2. Kill, ``--kills`` times: a driver scoring the input (``--kill-actors`` actors) is SIGKILLed once
+   ~40% of the rows are committed; a new driver resumes. Reports rows committed at the kill and what
+   the kill cost, in blocks per actor: blocks scored but not committed (scored by the engines in
+   both runs together, minus the input's rows), and blocks started but not committed (the same
+   count from when calls start: it adds the blocks the kill cut short, counted whole).
 
-Run:  python benchmarks/bench_ray.py [--pairs 4000] [--chunk-size 200] [--seconds-per-pair 0.005] [--rounds 3]
+Run:  python benchmarks/bench_ray.py [--pairs 4000] [--chunk-size 200] [--seconds-per-pair 0.005] [--rounds 3] [--kills 3]
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def main() -> None:
     p.add_argument("--chunk-size", type=int, default=200)
     p.add_argument("--seconds-per-pair", type=float, default=0.005)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--kills", type=int, default=3)
     p.add_argument("--kill-actors", type=int, default=2)
     p.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray")
     args = p.parse_args()
@@ -91,21 +94,24 @@ def main() -> None:
                 else:
                     score_files_ray(src, out, make, chunk_size=args.chunk_size, concurrency=int(name[7]), num_cpus=0.5)
                 rates[name].append(args.pairs / (time.perf_counter() - start))
-        print(f"{args.pairs:,} pairs, stand-in engine {args.seconds_per_pair * 1000:g} ms/pair, chunk {args.chunk_size}, "
-              f"{args.rounds} rounds alternated (median pairs/s; all rounds):")
-        for name, values in rates.items():
-            print(f"  {name:16} {statistics.median(values):8.0f}   {', '.join(f'{v:.0f}' for v in values)}")
+        if args.rounds:
+            print(f"{args.pairs:,} pairs, stand-in engine {args.seconds_per_pair * 1000:g} ms/pair, chunk {args.chunk_size}, "
+                  f"{args.rounds} rounds alternated (median pairs/s; all rounds):")
+            for name, values in rates.items():
+                print(f"  {name:16} {statistics.median(values):8.0f}   {', '.join(f'{v:.0f}' for v in values)}")
 
-        out, log = tmp / "killed", str(tmp / "scored.log")
-        done = kill_at(src, out, log, 0.4, args.pairs, args)
-        summary = score_files_ray(src, out, functools.partial(standin_reranker, seconds_per_pair=args.seconds_per_pair,
-                                                              log=log),
-                                  chunk_size=args.chunk_size, concurrency=args.kill_actors, num_cpus=0.5)
-        twice = scored_pairs(log) - args.pairs
-        print(f"kill at ~40% ({args.kill_actors} actors, chunk {args.chunk_size}): {done:,} rows committed at the kill "
-              f"({done / args.pairs:.0%}); the resume scored {summary.pairs:,} and skipped {summary.skipped:,}; "
-              f"rows scored twice: {twice:,} = {twice / args.chunk_size:.1f} blocks "
-              f"({twice / args.chunk_size / args.kill_actors:.1f} per actor)")
+        one_block_each = args.chunk_size * args.kill_actors
+        print(f"kills at ~40% ({args.kill_actors} actors, chunk {args.chunk_size}), each resumed by a new driver:")
+        for k in range(args.kills):
+            out, log = tmp / f"killed-{k}", str(tmp / f"scored-{k}.log")
+            done = kill_at(src, out, log, 0.4, args.pairs, args)
+            summary = score_files_ray(src, out, functools.partial(standin_reranker, log=log,
+                                                                  seconds_per_pair=args.seconds_per_pair),
+                                      chunk_size=args.chunk_size, concurrency=args.kill_actors, num_cpus=0.5)
+            scored, started = (scored_pairs(log, event) - args.pairs for event in ("scored", "started"))
+            print(f"  {done:,} rows committed at the kill; the resume scored {summary.pairs:,}, skipped "
+                  f"{summary.skipped:,}; lost per actor: {scored / one_block_each:.1f} blocks scored, "
+                  f"{started / one_block_each:.1f} started")
     ray.shutdown()
 
 

@@ -22,6 +22,7 @@ touches nothing. The checkpoint is kept after success, so rerunning a finished j
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ import pyarrow.json as pajson
 import pyarrow.parquet as pq
 import ray
 import ray.data
+import ray.util.client
 from ray.data.block import BlockAccessor
 from ray.data.datasource.file_datasink import BlockBasedFileDatasink
 
@@ -76,6 +78,11 @@ class _Scorer:
         self.reranker = make_reranker()
         self.fields = fields
 
+    def __del__(self) -> None:  # Ray Data calls it when the actor pool shuts down gracefully
+        reranker = getattr(self, "reranker", None)
+        if reranker is not None:
+            reranker.close()
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         list_mode = self.fields.documents is not None
         rows = [io.parse_row(record, None, f"id {record.get(self.fields.id)!r}", self.fields)
@@ -109,6 +116,35 @@ def _scored(ds: ray.data.Dataset, make_reranker: Callable[[], Reranker], fields:
                           compute=ray.data.ActorPoolStrategy(size=concurrency), **resources)
 
 
+def _driver_on_cluster(score: Callable[..., BatchSummary]) -> Callable[..., BatchSummary]:
+    """Through Ray Client (``ray.init("ray://...")``), run ``score`` as a task on the cluster.
+
+    Ray Data's executor needs a driver inside the cluster (through the client it fails in
+    ``core_worker``), so the whole job runs as one zero-CPU task there, on the node Ray picks;
+    local paths are made absolute first, and must name the same shared storage on the cluster.
+    The task's own refusals and errors are raised here as they are; Ctrl-C cancels it.
+    """
+    @functools.wraps(score)
+    def run(input_path: str | os.PathLike, output_path: str | os.PathLike, *args: Any, **kwargs: Any) -> BatchSummary:
+        if not ray.util.client.ray.is_connected():
+            return score(input_path, output_path, *args, **kwargs)
+        # ``run`` itself (it pickles by reference), which on the cluster takes the branch above
+        task = ray.remote(num_cpus=0, max_retries=0)(run).remote(
+            _uri(os.fspath(input_path)), _uri(os.fspath(output_path)), *args, **kwargs)
+        try:
+            return ray.get(task)
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, Exception):
+                raise e.cause from None
+            raise
+        except KeyboardInterrupt:
+            ray.cancel(task)
+            raise
+
+    return run
+
+
+@_driver_on_cluster
 def score_files_ray(input_path: str | os.PathLike, output_path: str | os.PathLike,
                     make_reranker: Callable[[], Reranker], *, format: str | None = None, overwrite: bool = False,
                     query_field: str = "query", document_field: str = "document", id_field: str = "id",
@@ -117,6 +153,7 @@ def score_files_ray(input_path: str | os.PathLike, output_path: str | os.PathLik
     """Score a JSONL or Parquet file (or folder of them) into the folder ``output_path``, same format.
 
     Paths may be local (on a cluster: shared storage, e.g. NFS) or any URI pyarrow opens (``s3://``).
+    Through Ray Client (``ray://``) the job runs as a task on the cluster (see ``_driver_on_cluster``).
     Each write commits about ``chunk_size`` rows. An existing output is resumed when its checkpoint
     (``OUTPUT.ckpt/``) and manifest (``OUTPUT.genrank.json``) are there and the manifest matches
     this run; otherwise a ResumeError says why and nothing changes. ``overwrite=True`` removes all
@@ -245,7 +282,8 @@ def _probe(make_reranker: Callable[[], Reranker], input_path: str, fmt: str, fie
     (``_started`` waits for it). It also checks that the engine starts before anything is written."""
     @ray.remote(max_retries=0)
     def manifest() -> Manifest:
-        return Manifest.for_run(make_reranker(), input_path, fmt, fields, 0, (0, 1), input_fingerprint=fingerprint)
+        with make_reranker() as reranker:
+            return Manifest.for_run(reranker, input_path, fmt, fields, 0, (0, 1), input_fingerprint=fingerprint)
 
     return manifest.options(**resources).remote()
 

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import SEED_DOCUMENTS, SEED_QUERY
-from standin_engine import scored_pairs, standin_reranker
+from standin_engine import events, scored_pairs, standin_reranker
 
 from genrank import Reranker
 from genrank.batch import score_file
@@ -82,7 +83,7 @@ def snapshot(folder):
     return {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in Path(folder).rglob("*") if p.is_file()}
 
 
-def test_ray_gives_the_single_process_scores(local_ray, tmp_path, tiny_model_dir, hf_engine, capsys):
+def test_ray_gives_the_single_process_scores(local_ray, tmp_path, tiny_model_dir, hf_engine):
     pairs = [{"id": f"p{n}", "query": q, "document": d}
              for n, (q, d) in enumerate((q, d) for q in QUERIES for d in SEED_DOCUMENTS)]
     pairs.append({"id": "bad", "query": "q", "document": None})
@@ -102,7 +103,10 @@ def test_ray_gives_the_single_process_scores(local_ray, tmp_path, tiny_model_dir
     assert got["bad"] == {"id": "bad", "score": None, "label_mass": None,
                           "error": "id 'bad': field 'document' is null"}  # Ray knows no line numbers
 
-    # one query per row with a list of documents, Parquet in and out, from the command line
+
+def test_the_command_line_scores_lists_of_documents_in_parquet_and_reruns_nothing(local_ray, tmp_path, tiny_model_dir,
+                                                                                   hf_engine, capsys):
+    single = Reranker(engine=hf_engine).score([(q, d) for q in QUERIES for d in SEED_DOCUMENTS])
     src = tmp_path / "lists.parquet"
     pq.write_table(pa.Table.from_pylist([{"id": n, "query": q, "docs": SEED_DOCUMENTS} for n, q in enumerate(QUERIES)]), src)
     assert main(["score", str(src), "-o", str(tmp_path / "lists"), "--ray", "--documents-field", "docs",
@@ -110,7 +114,7 @@ def test_ray_gives_the_single_process_scores(local_ray, tmp_path, tiny_model_dir
     assert "18 pairs scored, 0 failed" in capsys.readouterr().err
     got = read_folder(tmp_path / "lists")
     flat = [s for n in range(3) for s in got[n]["score"]]
-    assert flat == pytest.approx([single[f"p{n}"]["score"] for n in range(18)], abs=1e-5)
+    assert flat == pytest.approx(list(single), abs=1e-5)
     assert main(["score", str(src), "-o", str(tmp_path / "lists"), "--ray", "--documents-field", "docs",
                  "--num-cpus", "0.5", "-m", str(tiny_model_dir), "-e", "hf"]) == 0
     assert "0 pairs scored, 0 failed, 18 already done" in capsys.readouterr().err
@@ -229,6 +233,18 @@ def test_an_engine_that_cannot_start_fails_the_job_in_one_line(local_ray, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
 
+def test_every_reranker_the_job_builds_is_closed(local_ray, tmp_path):
+    """The engine probe's and each actor's (an engine holds a GPU): closed when the job ends."""
+    src = write_pairs(tmp_path / "in.jsonl", [{"id": n, "query": "q", "document": f"d{n}"} for n in range(20)])
+    log = str(tmp_path / "scored.log")
+    score_files_ray(src, tmp_path / "out", functools.partial(standin_reranker, log=log), chunk_size=5,
+                    concurrency=2, num_cpus=0.5)
+    deadline = time.monotonic() + 30  # actors close as Ray Data shuts its pool down, soon after the job
+    while events(log, "closed") < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert events(log, "closed") == 3
+
+
 def test_unscorable_pairs_are_error_rows(local_ray, tmp_path):
     rows = [{"pid": f"r{n}", "query": "q", "document": "UNSCORABLE" if n == 3 else f"d{n}"} for n in range(10)]
     src = write_pairs(tmp_path / "in.parquet", rows)
@@ -237,3 +253,46 @@ def test_unscorable_pairs_are_error_rows(local_ray, tmp_path):
     got = read_folder(tmp_path / "out", "pid")
     assert got["r3"]["score"] is None and got["r3"]["error"] == "stand-in cannot score this"
     assert got["r4"]["error"] is None and got["r4"]["score"] is not None
+
+
+@pytest.fixture
+def ray_client_address(local_ray):
+    """``ray://127.0.0.1:PORT``: a Ray Client server (its legacy mode, one process) in front of the local Ray."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "ray.util.client.server", "--host", "127.0.0.1", "--port",
+                               str(port), "--mode", "legacy", "--address", local_ray],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        yield f"ray://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_the_command_line_runs_through_ray_client(ray_client_address, tmp_path, tiny_model_dir):
+    """``--address ray://...``: the job's driver runs on the cluster; its summary and refusals come back as one line."""
+    src = write_pairs(tmp_path / "in.jsonl", [{"id": n, "query": "q", "document": f"d{n}"} for n in range(12)])
+    command = [sys.executable, "-m", "genrank.cli", "score", str(src), "-o", str(tmp_path / "out"), "--ray",
+               "--address", ray_client_address, "--chunk-size", "4", "--num-cpus", "0.5", "-q",
+               "-m", str(tiny_model_dir), "-e", "hf"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "genrank score: 12 pairs scored, 0 failed" in done.stderr
+    assert sorted(read_folder(tmp_path / "out")) == list(range(12))
+
+    refused = subprocess.run([*command, "--template", "lb-reranker-v1-instruct"], capture_output=True, text=True,
+                             timeout=120, check=False)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"genrank: error: {str(tmp_path / 'out')!r} cannot be resumed by this run: --template was 'lb-reranker-v1', "
+        "now 'lb-reranker-v1-instruct'. Rerun with the earlier settings and input, start over with --overwrite, "
+        "or choose another output")
+    assert "Traceback" not in refused.stderr

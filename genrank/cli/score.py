@@ -28,7 +28,7 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    if not os.path.exists(args.input):
+    if not args.ray and not os.path.exists(args.input):  # with --ray, Ray's filesystems look (URIs, the cluster's)
         raise CliError(f"input {args.input!r} does not exist")
     fields = {"query_field": args.query_field, "document_field": args.document_field, "id_field": args.id_field,
               "documents_field": args.documents_field}
@@ -70,7 +70,13 @@ def _score_on_ray(args: argparse.Namespace, fields: dict[str, Any]) -> Any:
     if started:
         # no --address and no RAY_ADDRESS: a new local Ray, never whatever cluster Ray last recorded
         # in /tmp/ray (a stale record of a dead one would hang the start)
-        ray.init(address=args.address or os.environ.get("RAY_ADDRESS") or "local", log_to_driver=not args.quiet)
+        address = args.address or os.environ.get("RAY_ADDRESS") or "local"
+        try:
+            ray.init(address=address, log_to_driver=not args.quiet)
+        except ConnectionError as e:
+            hint = ("; a cluster with token authentication also needs RAY_AUTH_MODE=token and its token here"
+                    if address.startswith("ray://") and os.environ.get("RAY_AUTH_MODE") != "token" else "")
+            raise CliError(f"cannot connect to the Ray cluster at {address!r}: {e}{hint}") from e
     make_reranker = functools.partial(reranker_from_args, args)
     try:
         return genrank_ray.score_files_ray(
@@ -115,7 +121,7 @@ def add_command(sub: Any) -> None:
                    help="field holding a list of documents, for one query per row (default: none, one pair per row)")
     p.add_argument("--chunk-size", type=int, default=1024,
                    help="input rows read, scored and written at a time (--ray: rows per block, each write commits "
-                        "about one block; a killed run redoes at most about one block per actor)")
+                        "about one block; a killed run redoes about one block per actor once the job's writes have started)")
     p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
                    help="score only chunks I, I+N, I+2N, ... (0 <= I < N), to split one input over N machines "
                         "(default: every chunk)")
