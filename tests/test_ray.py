@@ -296,3 +296,16 @@ def test_the_command_line_runs_through_ray_client(ray_client_address, tmp_path, 
         "now 'lb-reranker-v1-instruct'. Rerun with the earlier settings and input, start over with --overwrite, "
         "or choose another output")
     assert "Traceback" not in refused.stderr
+
+
+def test_cpu_actors_score_through_a_vllm_server(local_ray, vllm_url, tmp_path, tiny_model_dir, hf_engine, capsys):
+    """``--engine openai --base-url``: the actors only build prompts and call the server; the scores are the model's."""
+    pairs = [{"id": n, "query": q, "document": d}
+             for n, (q, d) in enumerate((q, d) for q in QUERIES for d in SEED_DOCUMENTS)]
+    src = write_pairs(tmp_path / "in.jsonl", pairs)
+    assert main(["score", str(src), "-o", str(tmp_path / "out"), "--ray", "--engine", "openai", "--base-url", vllm_url,
+                 "-m", str(tiny_model_dir), "--concurrency", "2", "--num-cpus", "0.5", "--chunk-size", "6", "-q"]) == 0
+    assert "18 pairs scored, 0 failed" in capsys.readouterr().err
+    got = read_folder(tmp_path / "out")
+    expected = Reranker(engine=hf_engine).score([(p["query"], p["document"]) for p in pairs])
+    assert [got[n]["score"] for n in range(18)] == pytest.approx(list(expected), abs=1e-4)
