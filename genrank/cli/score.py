@@ -121,7 +121,8 @@ def add_command(sub: Any) -> None:
                    help="field holding a list of documents, for one query per row (default: none, one pair per row)")
     p.add_argument("--chunk-size", type=int, default=1024,
                    help="input rows read, scored and written at a time (--ray: rows per block, each write commits "
-                        "about one block; a killed run redoes about one block per actor once the job's writes have started)")
+                        "about one block; a killed run redoes about one block per actor once the job's writes "
+                        "have started)")
     p.add_argument("--shard", type=parse_shard, default=None, metavar="I/N",
                    help="score only chunks I, I+N, I+2N, ... (0 <= I < N), to split one input over N machines "
                         "(default: every chunk)")
