@@ -11,6 +11,8 @@ drops the committed ids as it reads and deletes the files of writes that never c
 them, ``OUTPUT.genrank.json`` is the manifest ``genrank.batch`` writes (settings that decide the
 scores, input fingerprint): a rerun resumes only with the same settings and input, and a refusal
 touches nothing. The checkpoint is kept after success, so rerunning a finished job scores nothing.
+The actors are paced to the writes (``_WritePace``): at most two blocks per actor are queued,
+being scored, or scored and not yet written, so a kill loses at most about that.
 
 >>> import functools, ray
 >>> from genrank import Reranker
@@ -43,8 +45,8 @@ from ray.data.block import BlockAccessor
 from ray.data.datasource.file_datasink import BlockBasedFileDatasink
 
 from . import io
-from .errors import InputError, ResumeError
 from .batch import BatchSummary, score_rows
+from .errors import InputError, ResumeError
 from .io import Fields
 from .manifest import SAMPLE_BYTES, SUFFIX, Manifest
 from .reranker import Reranker
@@ -55,6 +57,14 @@ try:  # two-phase commit of file sinks: ids committed only with their data file
 except ImportError:  # an older Ray: no resume
     CheckpointConfig = None  # type: ignore[assignment,misc]
     PENDING_CHECKPOINT_SUFFIX = ".pending"
+try:  # Ray Data's extension point for pacing operators (DataContext config "backpressure_policies.enabled")
+    from ray.data._internal.execution.backpressure_policy import (
+        ENABLED_BACKPRESSURE_POLICIES,
+        ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
+        BackpressurePolicy,
+    )
+except ImportError:  # a Ray that moved it: the writes are not paced
+    BackpressurePolicy = None  # type: ignore[assignment,misc]
 
 RAY_FORMATS = ("jsonl", "parquet")
 CHECKPOINT_SUFFIX = ".ckpt"
@@ -210,6 +220,7 @@ def score_files_ray(input_path: str | os.PathLike, output_path: str | os.PathLik
         if CheckpointConfig is not None:
             ds.context.checkpoint_config = CheckpointConfig(id_field, _uri(output_path) + CHECKPOINT_SUFFIX,
                                                             delete_checkpoint_on_success=False)
+            _pace_to_writes(ds.context, rows=2 * concurrency * chunk_size)  # what a kill can lose
         # A task that was waiting on an actor or object of a lost node runs again (Ray retries the
         # lost node's own tasks and actors by itself); errors of the engine are not retried.
         ds.context.retried_map_errors, ds.context.max_map_retries = NODE_LOST_ERRORS, 3
@@ -231,6 +242,42 @@ def score_files_ray(input_path: str | os.PathLike, output_path: str | os.PathLik
             summary.failed += failed
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+# -- pacing ---------------------------------------------------------------------------------
+
+
+def _pace_to_writes(context: ray.data.DataContext, rows: int) -> None:
+    """Let at most about ``rows`` rows be at the actors or scored and waiting for their write.
+
+    Ray Data bounds the queues between operators by object-store bytes, which blocks of scores (a
+    few KB) never reach: when write tasks are slow to start (new worker processes, a busy node) the
+    actors would score far ahead of the commits, and a kill would lose all of that.
+    """
+    if BackpressurePolicy is None:
+        return
+    context.set_config(_WRITE_PACE_KEY, rows)
+    policies = context.get_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY, ENABLED_BACKPRESSURE_POLICIES)
+    context.set_config(ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY, [*policies, _WritePace])
+
+
+_WRITE_PACE_KEY = "genrank.rows_ahead_of_write"
+
+if BackpressurePolicy is not None:
+    class _WritePace(BackpressurePolicy):
+        """Takes no more input into the operator that feeds the write (one row out per row in) while
+        ``_WRITE_PACE_KEY`` rows are in it, or out of it and not yet written; other operators: no limit."""
+
+        def can_add_input(self, op: Any) -> bool:
+            limit = self._data_context.get_config(_WRITE_PACE_KEY)
+            downstream = op.output_dependencies
+            if limit is None or len(downstream) != 1 or downstream[0].output_dependencies:
+                return True
+            made, written = op.metrics, downstream[0].metrics
+            unscored = made.num_row_inputs_received - made.rows_task_outputs_generated  # queued or scoring
+            unwritten_bytes = made.bytes_task_outputs_generated - written.bytes_task_inputs_processed
+            rows_per_byte = made.rows_task_outputs_generated / max(made.bytes_task_outputs_generated, 1)
+            return unscored + unwritten_bytes * rows_per_byte < limit
 
 
 # -- checks ---------------------------------------------------------------------------------

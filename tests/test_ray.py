@@ -25,7 +25,10 @@ from genrank.batch import score_file
 from genrank.cli import main
 
 ray = pytest.importorskip("ray")
-from genrank.ray import EngineStartError, RayJobError, score_files_ray  # noqa: E402
+from slow_sink import LateJsonlSink
+
+import genrank.ray
+from genrank.ray import EngineStartError, RayJobError, score_files_ray
 
 QUERIES = [SEED_QUERY, "Who wrote Moby-Dick?", "Which novels did Jane Austen write?"]
 TESTS = str(Path(__file__).parent)
@@ -231,6 +234,26 @@ def test_an_engine_that_cannot_start_fails_the_job_in_one_line(local_ray, tmp_pa
     assert str(failed.value) == ("the engine could not start on the cluster: "
                                  "RuntimeError: no GPU left for the stand-in engine")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+def most_rows_ahead_of_the_writes(log):
+    """The most rows the engines had scored beyond those written, at any line of ``log``."""
+    ahead = most = 0
+    for _, event, rows in map(str.split, Path(log).read_text().splitlines()):
+        ahead += int(rows) if event == "scored" else -int(rows) if event == "written" else 0
+        most = max(most, ahead)
+    return most
+
+
+def test_the_actors_score_at_most_about_two_blocks_each_ahead_of_the_writes(local_ray, tmp_path, monkeypatch):
+    """Writes that start late (new worker processes, a busy node) hold the actors back, so a kill loses little."""
+    src = write_pairs(tmp_path / "in.jsonl", [{"id": n, "query": "q", "document": f"d{n}"} for n in range(1000)])
+    log = str(tmp_path / "scored.log")
+    monkeypatch.setattr(genrank.ray, "_JsonlSink", functools.partial(LateJsonlSink, seconds=3, log=log))
+    summary = score_files_ray(src, tmp_path / "out", functools.partial(standin_reranker, log=log), chunk_size=50,
+                              concurrency=2, num_cpus=0.5)
+    assert summary.pairs == 1000 and len(read_folder(tmp_path / "out")) == 1000
+    assert most_rows_ahead_of_the_writes(log) <= 2 * 3 * 50  # two blocks each, and one more Ray hands over
 
 
 def test_every_reranker_the_job_builds_is_closed(local_ray, tmp_path):
