@@ -40,8 +40,10 @@ def local_ray():
     # Workers import the stand-in engine from tests/. Ray 2.60 on 2 cores: a pipeline stalls at
     # num_cpus=2; 4 logical CPUs and half a CPU per actor run.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)
+    # vLLM on CPU in an actor (this job's workers only): its engine core in the actor's process, a small KV cache
+    vllm_on_cpu = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False,
-             object_store_memory=200 << 20)
+             object_store_memory=200 << 20, runtime_env={"env_vars": vllm_on_cpu})
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -332,3 +334,17 @@ def test_cpu_actors_score_through_a_vllm_server(local_ray, vllm_url, tmp_path, t
     got = read_folder(tmp_path / "out")
     expected = Reranker(engine=hf_engine).score([(p["query"], p["document"]) for p in pairs])
     assert [got[n]["score"] for n in range(18)] == pytest.approx(list(expected), abs=1e-4)
+
+
+def test_vllm_actors_score_from_the_command_line(local_ray, tmp_path, tiny_model_dir, hf_engine, capsys):
+    """``--engine vllm``: one vLLM engine per actor (on CPU here: ``--num-gpus 0``); the scores are the model's."""
+    pytest.importorskip("vllm")
+    pairs = [{"id": n, "query": q, "document": d} for n, (q, d) in enumerate((SEED_QUERY, d) for d in SEED_DOCUMENTS)]
+    src = write_pairs(tmp_path / "in.jsonl", pairs)
+    assert main(["score", str(src), "-o", str(tmp_path / "out"), "--ray", "--engine", "vllm", "-m", str(tiny_model_dir),
+                 "-E", "dtype=float32", "-E", "enforce_eager=true", "-E", "max_model_len=1024", "--num-gpus", "0",
+                 "--num-cpus", "1", "-q"]) == 0
+    assert f"{len(pairs)} pairs scored, 0 failed" in capsys.readouterr().err
+    got = read_folder(tmp_path / "out")
+    expected = Reranker(engine=hf_engine).score([(p["query"], p["document"]) for p in pairs])
+    assert [got[n]["score"] for n in range(len(pairs))] == pytest.approx(list(expected), abs=1e-3)
