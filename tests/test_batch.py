@@ -17,8 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import SEED_DOCUMENTS, SEED_QUERY
+from wrapped_engine import WrappedEngine
 
-from genrank import Engine, LabelLogprobs, Reranker
+from genrank import LabelLogprobs, Reranker
 from genrank.batch import BatchSummary, score_file
 from genrank.cli import main
 
@@ -79,29 +80,19 @@ def assert_matches(rows, expected, ids):
         assert r.get("error") is None
 
 
-class FailingEngine(Engine):
+class FailingEngine(WrappedEngine):
     """The tiny model, but documents containing "FAIL" get an engine error and call ``crash_on``
     (1-based) raises, as if the process died there."""
 
-    prompt_format = "tokens"
-
     def __init__(self, engine, crash_on=None, error="server said no"):
-        self.engine, self.crash_on, self.calls, self.error = engine, crash_on, 0, error
-        self.kind, self.scoring_method = engine.kind, engine.scoring_method  # the same scores as the engine's
-
-    @property
-    def tokenizer(self):
-        return self.engine.tokenizer
-
-    @property
-    def model_name(self):
-        return self.engine.model_name
+        super().__init__(engine)
+        self.crash_on, self.calls, self.error = crash_on, 0, error
 
     def label_logprobs(self, prompts, labels):
         self.calls += 1
         if self.calls == self.crash_on:
             raise KeyboardInterrupt("killed")
-        out = self.engine.label_logprobs(prompts, labels)
+        out = self.inner.label_logprobs(prompts, labels)
         errors = {i: self.error for i, d in enumerate(prompts.documents) if "FAIL" in d}
         out.values[list(errors)] = -np.inf
         return LabelLogprobs(out.values, {**out.errors, **errors})
@@ -438,43 +429,20 @@ def test_an_input_without_ids_is_checked_too(tmp_path, reranker):
     assert out.read_bytes() == before
 
 
-class RenamedEngine(Engine):
+class RenamedEngine(WrappedEngine):
     """The tiny model under another model name."""
 
-    kind = "hf"
-    prompt_format = "tokens"
-    model_name = "another/model"
-    scoring_method = "full_vocabulary"
-
     def __init__(self, engine):
-        self.engine = engine
-
-    @property
-    def tokenizer(self):
-        return self.engine.tokenizer
-
-    def label_logprobs(self, prompts, labels):
-        return self.engine.label_logprobs(prompts, labels)
+        super().__init__(engine)
+        self.model_name = "another/model"
 
 
-class ScoredOtherwise(Engine):
+class ScoredOtherwise(WrappedEngine):
     """The tiny model, reported as another engine kind or scoring method."""
 
-    prompt_format = "tokens"
-
     def __init__(self, engine, kind="hf", scoring_method="full_vocabulary"):
-        self.engine, self.kind, self.method, self.model_name = engine, kind, scoring_method, engine.model_name
-
-    @property
-    def tokenizer(self):
-        return self.engine.tokenizer
-
-    @property
-    def scoring_method(self):
-        return self.method
-
-    def label_logprobs(self, prompts, labels):
-        return self.engine.label_logprobs(prompts, labels)
+        super().__init__(engine)
+        self.kind, self.scoring_method = kind, scoring_method
 
 
 def edited(name):
@@ -531,22 +499,17 @@ def test_a_resume_with_other_settings_is_refused_naming_the_change(tmp_path, hf_
     assert run(same).pairs == 0
 
 
-class StoppingEngine(Engine):
+class StoppingEngine(WrappedEngine):
     """The tiny model behind an engine that takes several calls at once, like a remote one, and
     from its ``fail_on``-th call raises the error that stops a run (as the OpenAI driver does once
     the first requests were all rejected alike)."""
 
-    prompt_format = "tokens"
     SetupError = openai.BadRequestError  # what the OpenAI driver raises for a rejection every request gets
 
     def __init__(self, engine, fail_on, max_calls_in_flight=3):
-        self.engine, self.fail_on, self.max_calls_in_flight = engine, fail_on, max_calls_in_flight
+        super().__init__(engine)
+        self.fail_on, self.max_calls_in_flight = fail_on, max_calls_in_flight
         self.calls, self.lock = 0, threading.Lock()
-        self.model_name, self.kind, self.scoring_method = engine.model_name, engine.kind, engine.scoring_method
-
-    @property
-    def tokenizer(self):
-        return self.engine.tokenizer
 
     def label_logprobs(self, prompts, labels):
         with self.lock:  # the tiny model itself takes one call at a time
@@ -556,7 +519,7 @@ class StoppingEngine(Engine):
                 raise self.SetupError(f"HTTP 400 from {url}: 'logprobs' is not supported (the first 3 requests "
                                       "were all rejected so)", body=None,
                                       response=httpx.Response(400, request=httpx.Request("POST", url)))
-            return self.engine.label_logprobs(prompts, labels)
+            return self.inner.label_logprobs(prompts, labels)
 
 
 def manifest_rows(out):

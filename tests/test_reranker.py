@@ -6,8 +6,9 @@ import pytest
 import torch
 from conftest import SEED_DOCUMENTS, SEED_QUERY
 from transformers import AutoModelForCausalLM
+from wrapped_engine import WrappedEngine
 
-from genrank import Engine, LabelLogprobs, Reranker, ScoringError, ZeroLabelMassWarning, load_template
+from genrank import LabelLogprobs, Reranker, ScoringError, ZeroLabelMassWarning, load_template
 
 
 @pytest.fixture(scope="module")
@@ -235,17 +236,8 @@ def test_instruction_needs_an_instruction_template(hf_engine):
     assert not np.allclose(rr.score(pairs), other.score(pairs))
 
 
-class FailingEngine(Engine):
+class FailingEngine(WrappedEngine):
     """An engine that cannot score the second prompt of every batch (like a remote pair that ran out of retries)."""
-
-    prompt_format = "tokens"
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    @property
-    def tokenizer(self):
-        return self.inner.tokenizer
 
     def label_logprobs(self, prompts, labels):
         out = self.inner.label_logprobs(prompts, labels)
@@ -341,17 +333,8 @@ def test_long_documents_in_chunks_find_a_relevant_passage_at_the_end(hf_engine):
         Reranker(engine=hf_engine, long_documents="split")
 
 
-class SilentOnEngine(Engine):
+class SilentOnEngine(WrappedEngine):
     """The tiny model, except that a prompt whose document holds "whale" puts no probability on any label."""
-
-    prompt_format = "tokens"
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    @property
-    def tokenizer(self):
-        return self.inner.tokenizer
 
     def label_logprobs(self, prompts, labels):
         out = self.inner.label_logprobs(prompts, labels)

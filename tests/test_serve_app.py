@@ -12,34 +12,29 @@ import httpx
 import numpy as np
 import pytest
 from conftest import SEED_DOCUMENTS, SEED_QUERY
+from wrapped_engine import WrappedEngine
 
 pytest.importorskip("fastapi")
-from genrank import Engine, Reranker
+from genrank import Reranker
 from genrank.serve import ServeSettings, create_app
 
 
-class PoisonEngine(Engine):
+class PoisonEngine(WrappedEngine):
     """The transformers engine, except that a call holding a document with "[[poison]]" raises.
 
     A real engine fails a whole call on demand only this way (a remote engine's per-pair failures
     are tested against the fault-injecting server).
     """
 
-    prompt_format = "tokens"
-
     def __init__(self, engine):
-        self.engine = engine
+        super().__init__(engine)
         self.calls: list[int] = []
-
-    @property
-    def tokenizer(self):
-        return self.engine.tokenizer
 
     def label_logprobs(self, prompts, labels):
         self.calls.append(len(prompts))
         if any("[[poison]]" in d for d in prompts.documents):
             raise RuntimeError("poisoned batch")
-        return self.engine.label_logprobs(prompts, labels)
+        return self.inner.label_logprobs(prompts, labels)
 
 
 async def _with_app(app, fn):
