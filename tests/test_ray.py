@@ -6,6 +6,7 @@ Several seconds each: every run starts actors, and a resume first loads the chec
 import functools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -214,6 +215,16 @@ def test_an_output_without_checkpoint_or_manifest_is_refused_and_changes_nothing
     assert (summary.pairs, summary.skipped) == (20, 0)
     assert sorted(read_folder(out)) == list(range(20))
     assert Path(f"{out}.ckpt").is_dir() and Path(f"{out}.genrank.json").is_file()
+
+
+def test_a_ray_without_checkpointing_refuses_an_existing_output_naming_the_version(finished, monkeypatch):
+    src, out, folder = finished
+    monkeypatch.setattr(genrank.ray, "CheckpointConfig", None)  # as in a Ray before ray.data.checkpoint
+    before = snapshot(folder)
+    needs = rf"^{re.escape(repr(str(out)))} exists and resuming it needs Ray 2.60 or later .*; this is Ray "
+    with pytest.raises(ValueError, match=needs):
+        score_files_ray(src, out, standin_reranker, chunk_size=8, num_cpus=0.5)
+    assert snapshot(folder) == before
 
 
 def test_repeated_or_missing_ids_are_refused_before_anything_is_written(local_ray, tmp_path):
