@@ -24,6 +24,7 @@ being scored, or scored and not yet written, so a kill loses at most about that.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -63,7 +64,12 @@ try:  # Ray Data's extension point for pacing operators (DataContext config "bac
         ENABLED_BACKPRESSURE_POLICIES_CONFIG_KEY,
         BackpressurePolicy,
     )
-except ImportError:  # a Ray that moved it: the writes are not paced
+    from ray.data._internal.execution.interfaces.op_runtime_metrics import OpRuntimeMetrics
+
+    if not {"num_row_inputs_received", "rows_task_outputs_generated", "bytes_task_outputs_generated",
+            "bytes_task_inputs_processed"} <= {f.name for f in dataclasses.fields(OpRuntimeMetrics)}:
+        raise ImportError("Ray Data's operator metrics that _WritePace reads are not all there")
+except ImportError:  # a Ray that moved or renamed them: the writes are not paced
     BackpressurePolicy = None  # type: ignore[assignment,misc]
 
 RAY_FORMATS = ("jsonl", "parquet")
