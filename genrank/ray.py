@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import math
 import os
 import posixpath
 import time
@@ -130,6 +131,14 @@ def _scored(ds: ray.data.Dataset, make_reranker: Callable[[], Reranker], fields:
     return ds.map_batches(_Scorer, fn_constructor_kwargs={"make_reranker": make_reranker, "fields": fields},
                           batch_size=batch_size, batch_format="pyarrow",
                           compute=ray.data.ActorPoolStrategy(size=concurrency), **resources)
+
+
+def local_cpus(concurrency: int, num_cpus: float | None) -> int:
+    """Logical CPUs for a Ray started on this machine for one job: the machine's, or more if the job
+    needs them. Besides the actors (``num_cpus`` each, Ray's 1 when None), a resume runs Ray's
+    checkpoint filter as an actor of one CPU, and reading and writing need one more; on a small
+    machine the read would otherwise wait for a CPU forever."""
+    return max(os.cpu_count() or 1, math.ceil(concurrency * (1.0 if num_cpus is None else num_cpus)) + 2)
 
 
 def _driver_on_cluster(score: Callable[..., BatchSummary]) -> Callable[..., BatchSummary]:

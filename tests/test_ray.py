@@ -291,6 +291,26 @@ def test_unscorable_pairs_are_error_rows(local_ray, tmp_path):
     assert got["r4"]["error"] is None and got["r4"]["score"] is not None
 
 
+def test_the_local_ray_the_command_line_starts_has_the_cpus_a_resume_needs(local_ray, tmp_path, tiny_model_dir):
+    """Without --address the command starts a Ray on this machine, sized for the job: on a resume Ray's
+    checkpoint filter takes a CPU of its own, which on 2 cores left none to read the input with (a hang)."""
+    src = write_pairs(tmp_path / "in.jsonl", [{"id": n, "query": "q", "document": f"d{n}"} for n in range(40)])
+    out = tmp_path / "out"
+    args = ["score", str(src), "-o", str(out), "--ray", "--chunk-size", "10", "-q", "-m", str(tiny_model_dir), "-e", "hf"]
+    assert main(args) == 0  # on the test's Ray
+    lost = sorted(out.iterdir())[0]  # a write that never committed: its data file and ids gone
+    lost_rows = len(lost.read_text().splitlines())
+    lost.unlink()
+    Path(f"{out}.ckpt", lost.with_suffix(".parquet").name).unlink()
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "genrank.cli", *args], capture_output=True, text=True, timeout=120,
+                          env=env, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"genrank score: {lost_rows} pairs scored, 0 failed, {40 - lost_rows} already done" in done.stderr
+    assert sorted(read_folder(out)) == list(range(40))
+
+
 @pytest.fixture
 def ray_client_address(local_ray):
     """``ray://127.0.0.1:PORT``: a Ray Client server (its legacy mode, one process) in front of the local Ray."""

@@ -71,8 +71,9 @@ def _score_on_ray(args: argparse.Namespace, fields: dict[str, Any]) -> Any:
         # no --address and no RAY_ADDRESS: a new local Ray, never whatever cluster Ray last recorded
         # in /tmp/ray (a stale record of a dead one would hang the start)
         address = args.address or os.environ.get("RAY_ADDRESS") or "local"
+        size = {"num_cpus": genrank_ray.local_cpus(args.concurrency, args.num_cpus)} if address == "local" else {}
         try:
-            ray.init(address=address, log_to_driver=not args.quiet)
+            ray.init(address=address, log_to_driver=not args.quiet, **size)
         except ConnectionError as e:
             hint = ("; a cluster with token authentication also needs RAY_AUTH_MODE=token and its token here"
                     if address.startswith("ray://") and os.environ.get("RAY_AUTH_MODE") != "token" else "")
