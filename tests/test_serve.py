@@ -256,12 +256,20 @@ def _upload_start(port: int, body: bytes, sent: int) -> socket.socket:
     return s
 
 
+def _read_to_close(s: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (headers and body may come apart)."""
+    s.settimeout(30)
+    reply = b""
+    while chunk := s.recv(65536):
+        reply += chunk
+    return reply
+
+
 def test_stalled_upload_is_408_and_a_client_gone_mid_body_is_499(server):
     body = json.dumps({"query": "q", "documents": ["d"] * 100}).encode()
     gone_before = metric(server.url, "genrank_requests_total", AUTH, status="499")
     with _upload_start(server.port, body, 50) as s:  # then nothing more: --body-timeout 2 ends it
-        s.settimeout(30)
-        reply = s.recv(65536)
+        reply = _read_to_close(s)
     assert reply.startswith(b"HTTP/1.1 408 ") and b"--body-timeout" in reply
     for _ in range(3):
         with _upload_start(server.port, body, 50):
