@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -140,3 +141,27 @@ def test_refusals_are_one_line_and_bugs_show_their_traceback(tiny_model_dir, doc
     monkeypatch.setattr(Reranker, "rank", bug)
     with pytest.raises(ValueError, match="an index went wrong"):
         main(base)
+
+
+@pytest.mark.parametrize(("command", "option", "value", "wanted"), [
+    (["score", "{tmp}/in.jsonl", "-o", "{tmp}/out.jsonl"], "--chunk-size", "0", "a positive integer"),
+    (["score", "{tmp}/in.jsonl", "-o", "{tmp}/out.jsonl", "--ray"], "--concurrency", "0", "a positive integer"),
+    (["score", "{tmp}/in.jsonl", "-o", "{tmp}/out.jsonl", "--ray"], "--num-gpus", "-1", "a non-negative number"),
+    (["rank", "q", "--docs", "{tmp}/in.jsonl"], "--max-length", "-3", "a positive integer"),
+    (["rank", "q", "--docs", "{tmp}/in.jsonl"], "--top-k", "0", "a positive integer"),
+    (["eval", "{tmp}"], "--max-queries", "0", "a positive integer"),
+    (["calibrate", "{tmp}", "-o", "{tmp}/c.json"], "--held-out", "1.5", "a number between 0 and 1"),
+    (["serve"], "--max-batch-pairs", "-1", "a non-negative integer"),
+    (["serve"], "--max-documents", "0", "a positive integer"),
+    (["serve"], "--body-timeout", "0", "a positive number"),
+])
+def test_a_bad_count_names_its_option_and_value_before_anything_is_loaded(command, option, value, wanted, tmp_path,
+                                                                          capsys):
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "query": "q", "document": "d"}\n')
+    with pytest.raises(SystemExit) as e:
+        main([arg.format(tmp=tmp_path) for arg in command] + [option, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"argument {option}(/-\w)?: must be {wanted}, got '{re.escape(value)}'", err), err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]

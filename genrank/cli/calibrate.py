@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import io
 from ..errors import GenrankError
-from .common import CliError, HelpFormatter, add_model_options, require, reranker_from_args
+from .common import CliError, HelpFormatter, add_model_options, fraction, positive_int, require, reranker_from_args
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -20,8 +20,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..calibration.plot import reliability_diagram
     from ..calibration.run import calibrate, data_warnings, format_table, work_paths
 
-    if not 0 < args.held_out < 1:
-        raise CliError(f"--held-out must be between 0 and 1, got {args.held_out:g}")
     if Path(args.output).suffix != ".json":
         raise CliError(f"--output must be a .json file, got {args.output!r}")
     plot = args.plot or str(Path(args.output).with_suffix(".png"))
@@ -88,22 +86,22 @@ def add_command(sub: Any) -> None:
     p.add_argument("--plot", default=None, help="the reliability diagram to write (default: OUTPUT with .png)")
     p.add_argument("--method", choices=("platt", "isotonic"), default=None,
                    help="the map to keep (default: the one with the lower held-out log-loss)")
-    p.add_argument("--held-out", type=float, default=0.3, help="share of the queries held out to measure the fit")
+    p.add_argument("--held-out", type=fraction, default=0.3, help="share of the queries held out to measure the fit")
     p.add_argument("--seed", type=int, default=0, help="seed of the split by query")
     p.add_argument("--relevant-grade", type=float, default=1,
                    help="a pair is relevant when its grade (qrels score, or the file's label) is at least this")
     p.add_argument("--overwrite", action="store_true",
                    help="score the pairs again (default: resume the scores beside OUTPUT if they were made with the "
                         "same settings from the same pairs, else stop)")
-    p.add_argument("--chunk-size", type=int, default=1024, help="pairs scored and written at a time")
+    p.add_argument("--chunk-size", type=positive_int, default=1024, help="pairs scored and written at a time")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     b = p.add_argument_group("BEIR folder (judged pairs take their grade; unjudged first-stage candidates are not "
                              "relevant)")
     b.add_argument("--run", "-r", default=None,
                    help="first-stage TREC run file (default: BM25 over corpus.jsonl, with bm25s)")
     b.add_argument("--split", default="test", help="qrels file: qrels/SPLIT.tsv")
-    b.add_argument("--top-k", "-k", type=int, default=100, help="first-stage candidates per query")
-    b.add_argument("--max-queries", "-n", type=int, default=None,
+    b.add_argument("--top-k", "-k", type=positive_int, default=100, help="first-stage candidates per query")
+    b.add_argument("--max-queries", "-n", type=positive_int, default=None,
                    help="use only the first N judged queries of queries.jsonl (default: all)")
     b.add_argument("--judged-only", action="store_true", help="use the judged pairs alone (no first stage)")
     f = p.add_argument_group("labelled file")

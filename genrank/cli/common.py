@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from ..engines.loading import ModelNotFetchable
@@ -27,6 +29,28 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.required and action.option_strings:
             return f"{text} (required)"
         return text if "(default:" in text else super()._get_help_string(action)
+
+
+def _number(kind: type, holds: Callable[[float], bool], wanted: str) -> Callable[[str], Any]:
+    """An argparse ``type`` that parses ``kind`` and refuses a value for which ``holds`` is false."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not holds(value):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+non_negative_int = _number(int, lambda v: v >= 0, "a non-negative integer")
+positive_number = _number(float, lambda v: v > 0, "a positive number")
+non_negative_number = _number(float, lambda v: v >= 0, "a non-negative number")
+fraction = _number(float, lambda v: 0 < v < 1, "a number between 0 and 1")
 
 
 def is_refusal(e: BaseException) -> bool:
@@ -59,7 +83,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--template", "-t", default=None,
                    help="recipe name or path of a .toml file (default: the shipped recipe whose models name --model, "
                         f"else {DEFAULT_TEMPLATE}; see genrank templates)")
-    g.add_argument("--max-length", type=int, default=None,
+    g.add_argument("--max-length", type=positive_int, default=None,
                    help="max prompt tokens, or the recipe authors' max_length for recipes built from pieces; "
                         "documents are cut to fit (default: the recipe's, else 1024)")
     g.add_argument("--long-documents", choices=LONG_DOCUMENTS, default="truncate",

@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from ..evaluate import evaluate_run, format_table, load_first_stage, write_trec_run
-from .common import HelpFormatter, add_model_options, reranker_from_args, require
+from .common import HelpFormatter, add_model_options, positive_int, reranker_from_args, require
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -37,8 +37,8 @@ def add_command(sub: Any) -> None:
     p.add_argument("--run", "-r", default=None,
                    help="first-stage TREC run file (default: BM25 over corpus.jsonl, with bm25s)")
     p.add_argument("--split", default="test", help="qrels file: qrels/SPLIT.tsv")
-    p.add_argument("--top-k", "-k", type=int, default=100, help="candidates per query to rerank")
-    p.add_argument("--max-queries", "-n", type=int, default=None,
+    p.add_argument("--top-k", "-k", type=positive_int, default=100, help="candidates per query to rerank")
+    p.add_argument("--max-queries", "-n", type=positive_int, default=None,
                    help="evaluate only the first N judged queries of queries.jsonl (default: all)")
     p.add_argument("--output", "-o", default=None, help="write the reranked run here as a TREC run file (default: not written)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")

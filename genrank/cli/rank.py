@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import CliError, HelpFormatter, add_calibration_options, add_model_options, reranker_from_args
+from .common import (CliError, HelpFormatter, add_calibration_options, add_model_options, positive_int,
+                     reranker_from_args)
 
 
 def read_documents(path: str) -> list[str]:
@@ -72,7 +73,7 @@ def add_command(sub: Any) -> None:
     p.add_argument("query", help="the query")
     p.add_argument("--docs", "-d", required=True,
                    help="documents: .txt (one per line), .jsonl or .json; - for standard input")
-    p.add_argument("--top-k", "-k", type=int, default=None, help="show only the best K (default: all)")
+    p.add_argument("--top-k", "-k", type=positive_int, default=None, help="show only the best K (default: all)")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     p.add_argument("--min-relevance", type=float, default=None,
                    help="show only documents with at least this relevance on [0, 1] (default: all)")

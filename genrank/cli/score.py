@@ -11,8 +11,8 @@ from typing import Any
 from .. import io
 from ..batch import score_file
 from ..errors import GenrankError
-from .common import (CliError, HelpFormatter, add_calibration_options, add_model_options, is_refusal, require,
-                     reranker_from_args)
+from .common import (CliError, HelpFormatter, add_calibration_options, add_model_options, is_refusal,
+                     non_negative_number, positive_int, positive_number, require, reranker_from_args)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -23,7 +23,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     except ValueError:
         shard = None
     if not sep or shard is None or not 0 <= shard[0] < shard[1]:
-        raise argparse.ArgumentTypeError(f"--shard must be I/N with 0 <= I < N, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be I/N with 0 <= I < N, got {text!r}")
     return shard
 
 
@@ -120,7 +120,7 @@ def add_command(sub: Any) -> None:
     p.add_argument("--id-field", default="id", help="field holding the row id (rows without one get their row number)")
     p.add_argument("--documents-field", default=None,
                    help="field holding a list of documents, for one query per row (default: none, one pair per row)")
-    p.add_argument("--chunk-size", type=int, default=1024,
+    p.add_argument("--chunk-size", type=positive_int, default=1024,
                    help="input rows read, scored and written at a time (--ray: rows per block, each write commits "
                         "about one block; a killed run redoes about one block per actor once the job's writes "
                         "have started)")
@@ -136,9 +136,9 @@ def add_command(sub: Any) -> None:
     g.add_argument("--address", default=None,
                    help="Ray cluster to run on, e.g. ray://head:10001 or auto (default: RAY_ADDRESS, else a new "
                         "local Ray)")
-    g.add_argument("--num-gpus", type=float, default=0.0, help="GPUs per engine actor")
-    g.add_argument("--concurrency", type=int, default=1, help="number of engine actors")
-    g.add_argument("--num-cpus", type=float, default=None, help="CPUs per engine actor (default: Ray's, 1)")
+    g.add_argument("--num-gpus", type=non_negative_number, default=0.0, help="GPUs per engine actor")
+    g.add_argument("--concurrency", type=positive_int, default=1, help="number of engine actors")
+    g.add_argument("--num-cpus", type=positive_number, default=None, help="CPUs per engine actor (default: Ray's, 1)")
     add_model_options(p)
     add_calibration_options(p)
     p.set_defaults(func=cmd_score)

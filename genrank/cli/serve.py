@@ -9,8 +9,8 @@ import sys
 from typing import Any
 
 from ..calibration import load_calibration
-from .common import (CliError, HelpFormatter, add_calibration_options, add_model_options, engine_options, require,
-                     reranker_from_args)
+from .common import (CliError, HelpFormatter, add_calibration_options, add_model_options, engine_options,
+                     non_negative_int, non_negative_number, positive_int, positive_number, require, reranker_from_args)
 
 KEYS_VARIABLE = "GENRANK_SERVE_API_KEY"
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -66,23 +66,23 @@ def add_command(sub: Any) -> None:
     g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
                    help="log level; the access log (status, pairs, latency; never request text) is at info")
     b = p.add_argument_group("batching and limits")
-    b.add_argument("--max-batch-pairs", type=int, default=256,
+    b.add_argument("--max-batch-pairs", type=non_negative_int, default=256,
                    help="most prompts in one engine call, gathered from concurrent requests "
                         "(0: one request per engine call)")
-    b.add_argument("--batch-wait-ms", type=float, default=5.0,
+    b.add_argument("--batch-wait-ms", type=non_negative_number, default=5.0,
                    help="how long a request waits for others to join its engine call, in milliseconds")
-    b.add_argument("--max-documents", type=int, default=1000, help="most documents per request; more get 413")
-    b.add_argument("--max-body-mb", type=float, default=16.0, help="largest request body in MiB; larger get 413")
-    b.add_argument("--max-queue-pairs", type=int, default=10_000,
+    b.add_argument("--max-documents", type=positive_int, default=1000, help="most documents per request; more get 413")
+    b.add_argument("--max-body-mb", type=positive_number, default=16.0, help="largest request body in MiB; larger get 413")
+    b.add_argument("--max-queue-pairs", type=positive_int, default=10_000,
                    help="most pairs (windows, with --long-documents chunks) admitted and not yet answered; "
                         "a request beyond gets 429 with Retry-After")
-    b.add_argument("--request-timeout", type=float, default=60.0,
+    b.add_argument("--request-timeout", type=positive_number, default=60.0,
                    help="seconds a request may take before it is dropped with 504; its prompts not yet "
                         "scored are dropped too")
-    b.add_argument("--body-timeout", type=float, default=20.0,
+    b.add_argument("--body-timeout", type=positive_number, default=20.0,
                    help="seconds a client has to send its whole request body; a slower one gets 408 "
                         "(16 MiB at 10 Mbit/s takes 13.4 s)")
-    b.add_argument("--shutdown-timeout", type=float, default=25.0,
+    b.add_argument("--shutdown-timeout", type=positive_number, default=25.0,
                    help="seconds SIGTERM waits for requests in flight; those still running are then answered "
                         "503 and the server exits (under Kubernetes' default grace period of 30 s)")
     add_model_options(p)
