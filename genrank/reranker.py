@@ -104,8 +104,7 @@ class Reranker:
         self.template = _recipe(template, named)
         calibration = None if calibration is None else load_calibration(calibration)  # before the model loads
         if instruction is not None:
-            self._check_takes_instruction()
-            check_text(instruction, "instruction")
+            self.check_instruction(instruction)
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         check_long_documents(long_documents)
@@ -178,6 +177,11 @@ class Reranker:
         raise InputError(f"recipe {self.template.name!r} scores a {self.rule.kind!r} score, which needs {need}; "
                          f"{type(self.engine).__name__} gives only label {' and '.join(have)}"
                          + (f". {hint}" if hint else ""))
+
+    def check_instruction(self, instruction: Any) -> str:
+        """``instruction`` if it is a string and this Reranker's recipe takes one, else an InputError."""
+        self._check_takes_instruction()
+        return check_text(instruction, "instruction")
 
     def _check_takes_instruction(self) -> None:
         if not self.template.takes_instruction:
@@ -428,10 +432,7 @@ class Reranker:
 
     def _one_instruction(self, instruction: str | None, n: int) -> list[str | None] | None:
         """``instruction`` for each of ``n`` pairs (None: the Reranker's own), checked."""
-        if instruction is None:
-            return None
-        self._check_takes_instruction()
-        return [check_text(instruction, "instruction")] * n
+        return None if instruction is None else [self.check_instruction(instruction)] * n
 
     def _instructions(self, instructions: Sequence[str | None] | None, n: int) -> list[str | None]:
         """One instruction per pair: the given ones, checked, or the Reranker's for every pair."""

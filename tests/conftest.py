@@ -33,11 +33,13 @@ SEED_DOCUMENTS = [
 ]
 
 
-def ranked_with_details(reranker, query: str, texts: list[str], top_k: int | None = None) -> list[dict]:
+def ranked_with_details(reranker, query: str, texts: list[str], top_k: int | None = None,
+                        instruction: str | None = None) -> list[dict]:
     """``Reranker.rank`` rows, best first, each with its text's relevance and label mass (what adapters report)."""
-    details = reranker.score_details([(query, t) for t in texts])
+    details = reranker.score_details([(query, t) for t in texts], None if instruction is None else
+                                     [instruction] * len(texts))
     return [{**row, "relevance": details.relevance[row["corpus_id"]], "mass": details.label_mass[row["corpus_id"]]}
-            for row in reranker.rank(query, texts, top_k=top_k)]
+            for row in reranker.rank(query, texts, top_k=top_k, instruction=instruction)]
 
 
 @pytest.fixture(scope="session")

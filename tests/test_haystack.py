@@ -143,3 +143,28 @@ def test_close_closes_the_reranker_warm_up_built(tiny_model_dir, closed_engines)
         loaded.score([("q", "d")])
     ranker.close()  # again: nothing
     assert len(closed_engines) == 1
+
+
+def test_an_instruction_given_to_run_replaces_the_init_one_for_that_run(tiny_model_dir, hf_engine):
+    task = "Find passages that quote the book."
+    ranker = GenrankRanker(str(tiny_model_dir), engine="hf", engine_options=ENGINE,
+                           template="lb-reranker-v1-instruct", instruction="Find anything.")
+    ranker.warm_up()
+    try:
+        given = documents()
+        result = ranker.run(SEED_QUERY, given, top_k=6, instruction=task)["documents"]
+        check(result, given, ranked_with_details(ranker.reranker, SEED_QUERY, SEED_DOCUMENTS, instruction=task))
+        assert asyncio.run(ranker.run_async(SEED_QUERY, given, top_k=6, instruction=task))["documents"] == result
+        check(ranker.run(SEED_QUERY, given, top_k=6)["documents"], given,
+              ranked_with_details(ranker.reranker, SEED_QUERY, SEED_DOCUMENTS, instruction="Find anything."))
+        assert [d.score for d in ranker.run(SEED_QUERY, given, top_k=6)["documents"]] != [d.score for d in result]
+        pipeline = Pipeline()
+        pipeline.add_component("ranker", ranker)
+        assert pipeline.run({"ranker": {"query": SEED_QUERY, "documents": given, "top_k": 6,
+                                        "instruction": task}})["ranker"]["documents"] == result
+    finally:
+        ranker.close()
+    plain = GenrankRanker("m")
+    plain.reranker = Reranker(engine=hf_engine)
+    with pytest.raises(ValueError, match="template 'lb-reranker-v1' takes no instruction"):
+        plain.run(SEED_QUERY, documents(), instruction=task)

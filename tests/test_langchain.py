@@ -90,3 +90,19 @@ def test_bad_arguments_name_the_field(reranker):
         GenrankRerank(reranker="lightblue/lb-reranker-0.5B-v1.0")
     with pytest.raises(ValueError, match="query is empty"):
         GenrankRerank(reranker=reranker).compress_documents(documents(), " ")
+
+
+def test_each_compressor_ranks_with_its_own_instruction_on_one_reranker(hf_engine):
+    shared = Reranker(engine=hf_engine, template="lb-reranker-v1-instruct")
+    given, task = documents(), "Find passages that quote the book."
+    own = GenrankRerank(reranker=shared, top_n=None, instruction=task)
+    check(own.compress_documents(given, SEED_QUERY), given,
+          ranked_with_details(shared, SEED_QUERY, SEED_DOCUMENTS, instruction=task))
+    assert asyncio.run(own.acompress_documents(given, SEED_QUERY)) == own.compress_documents(given, SEED_QUERY)
+    default = GenrankRerank(reranker=shared, top_n=None).compress_documents(given, SEED_QUERY)
+    assert [d.metadata["genrank_score"] for d in default] != [d.metadata["genrank_score"] for d in own
+                                                               .compress_documents(given, SEED_QUERY)]
+    with pytest.raises(ValueError, match="template 'lb-reranker-v1' takes no instruction"):
+        GenrankRerank(reranker=Reranker(engine=hf_engine), instruction=task)
+    with pytest.raises(ValidationError, match="instruction"):
+        GenrankRerank(reranker=shared, instruction=5)

@@ -105,3 +105,16 @@ def test_bad_arguments(reranker):
         GenrankRerank(reranker=reranker, top_n=0)
     with pytest.raises(ValueError, match="needs the query"):
         GenrankRerank(reranker=reranker).postprocess_nodes(nodes())
+
+
+def test_each_postprocessor_ranks_with_its_own_instruction_on_one_reranker(hf_engine):
+    shared = Reranker(engine=hf_engine, template="lb-reranker-v1-instruct")
+    given, task = nodes(), "Find passages that quote the book."
+    own = GenrankRerank(reranker=shared, top_n=6, instruction=task)
+    result = own.postprocess_nodes(given, query_str=SEED_QUERY)
+    check(result, given, ranked_with_details(shared, SEED_QUERY, embed_texts(given), instruction=task))
+    assert asyncio.run(own.apostprocess_nodes(given, query_str=SEED_QUERY)) == result
+    default = GenrankRerank(reranker=shared, top_n=6).postprocess_nodes(given, query_str=SEED_QUERY)
+    assert [n.score for n in default] != [n.score for n in result]
+    with pytest.raises(ValueError, match="template 'lb-reranker-v1' takes no instruction"):
+        GenrankRerank(reranker=Reranker(engine=hf_engine), instruction=task)

@@ -63,16 +63,27 @@ def adapter_calibration(reranker: Reranker, calibration: str | os.PathLike | Cal
 
 
 def rank_texts(reranker: Reranker, query: str, texts: Sequence[str], top_n: int | None,
-               calibration: Calibration | None = None, min_relevance: float | None = None) -> list[Hit]:
+               calibration: Calibration | None = None, min_relevance: float | None = None,
+               instruction: str | None = None) -> list[Hit]:
     """The best ``top_n`` texts for ``query`` (all if None), best first, as ``Reranker.rank`` orders them;
-    with ``calibration`` reported as probabilities; those below ``min_relevance`` left out."""
-    return _hits(reranker.score_details(query_pairs(query, texts)), top_n, calibration, min_relevance)
+    with ``calibration`` reported as probabilities; those below ``min_relevance`` left out;
+    ``instruction`` replaces the Reranker's (None: the Reranker's)."""
+    pairs = query_pairs(query, texts)
+    return _hits(reranker.score_details(pairs, _instructions(reranker, instruction, len(pairs))), top_n,
+                 calibration, min_relevance)
 
 
 async def arank_texts(reranker: Reranker, query: str, texts: Sequence[str], top_n: int | None,
-                      calibration: Calibration | None = None, min_relevance: float | None = None) -> list[Hit]:
+                      calibration: Calibration | None = None, min_relevance: float | None = None,
+                      instruction: str | None = None) -> list[Hit]:
     """``rank_texts`` for async code."""
-    return _hits(await reranker.ascore_details(query_pairs(query, texts)), top_n, calibration, min_relevance)
+    pairs = query_pairs(query, texts)
+    return _hits(await reranker.ascore_details(pairs, _instructions(reranker, instruction, len(pairs))), top_n,
+                 calibration, min_relevance)
+
+
+def _instructions(reranker: Reranker, instruction: str | None, n: int) -> list[str] | None:
+    return None if instruction is None else [reranker.check_instruction(instruction)] * n
 
 
 def framework_error(module: str, package: str, extra: str) -> MissingExtra:

@@ -126,7 +126,7 @@ class GenrankRanker:
 
     @component.output_types(documents=list[Document])
     def run(self, query: str, documents: list[Document], top_k: int | None = None,
-            score_threshold: float | None = None) -> dict[str, list[Document]]:
+            score_threshold: float | None = None, instruction: str | None = None) -> dict[str, list[Document]]:
         """
         The documents ranked by relevance to ``query``, best first.
 
@@ -134,6 +134,7 @@ class GenrankRanker:
         :param documents: The documents to rank.
         :param top_k: The most documents to return; overrides the init value.
         :param score_threshold: Return only documents with at least this relevance; overrides the init value.
+        :param instruction: Task instruction for this run, for instruction-aware templates; overrides the init value.
         :returns: ``{"documents": [...]}``, each with ``score`` set.
         """
         top_k, threshold, unique = self._prepare(documents, top_k, score_threshold)
@@ -141,17 +142,19 @@ class GenrankRanker:
             return {"documents": []}
         self.warm_up()
         return {"documents": _ranked(unique, rank_texts(self.reranker, query, self._texts(unique), None,
-                                                        self._calibration, threshold), top_k)}
+                                                        self._calibration, threshold, instruction), top_k)}
 
     @component.output_types(documents=list[Document])
     async def run_async(self, query: str, documents: list[Document], top_k: int | None = None,
-                        score_threshold: float | None = None) -> dict[str, list[Document]]:
+                        score_threshold: float | None = None,
+                        instruction: str | None = None) -> dict[str, list[Document]]:
         """``run`` on the Reranker's async API (the engine runs off the event loop)."""
         top_k, threshold, unique = self._prepare(documents, top_k, score_threshold)
         if not unique:
             return {"documents": []}
         self.warm_up()
-        hits = await arank_texts(self.reranker, query, self._texts(unique), None, self._calibration, threshold)
+        hits = await arank_texts(self.reranker, query, self._texts(unique), None, self._calibration, threshold,
+                                 instruction)
         return {"documents": _ranked(unique, hits, top_k)}
 
     def _prepare(self, documents: list[Document], top_k: int | None,

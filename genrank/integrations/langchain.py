@@ -34,7 +34,8 @@ class GenrankRerank(BaseDocumentCompressor):
     and ``genrank_label_mass``; the caller's documents are not changed. The text scored is
     ``page_content``; empty texts are scored too. With a calibration (``calibration=``, or the
     Reranker's own) ``relevance_score`` is the calibrated probability that the document is
-    relevant and ``genrank_relevance`` the uncalibrated relevance.
+    relevant and ``genrank_relevance`` the uncalibrated relevance. ``instruction`` replaces the
+    Reranker's for this compressor's calls, so one loaded model serves several tasks.
     """
 
     reranker: Reranker
@@ -47,12 +48,16 @@ class GenrankRerank(BaseDocumentCompressor):
     """Use a calibration fitted for another model name."""
     min_relevance: float | None = Field(default=None, ge=0, le=1)
     """Drop documents whose relevance_score is below this."""
+    instruction: str | None = None
+    """Task instruction for instruction-aware recipes (default: the Reranker's)."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
     _calibration: Calibration | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _load_calibration(self) -> GenrankRerank:
+    def _check_reranker_settings(self) -> GenrankRerank:
+        if self.instruction is not None:
+            self.reranker.check_instruction(self.instruction)
         self._calibration = adapter_calibration(self.reranker, self.calibration, self.allow_other_model)
         return self
 
@@ -62,7 +67,7 @@ class GenrankRerank(BaseDocumentCompressor):
         if not documents:
             return []
         hits = rank_texts(self.reranker, query, [d.page_content for d in documents], self.top_n, self._calibration,
-                          self.min_relevance)
+                          self.min_relevance, self.instruction)
         return [_scored(documents[hit.index], hit) for hit in hits]
 
     async def acompress_documents(self, documents: Sequence[Document], query: str,
@@ -71,7 +76,7 @@ class GenrankRerank(BaseDocumentCompressor):
         if not documents:
             return []
         hits = await arank_texts(self.reranker, query, [d.page_content for d in documents], self.top_n,
-                                 self._calibration, self.min_relevance)
+                                 self._calibration, self.min_relevance, self.instruction)
         return [_scored(documents[hit.index], hit) for hit in hits]
 
 

@@ -43,7 +43,8 @@ class GenrankRerank(BaseNodePostprocessor):
     embedding text. Returned nodes are copies: the caller's nodes are not changed. With a
     calibration (``calibration=``, or the Reranker's own) the score is the calibrated probability
     that the node is relevant, and ``genrank_relevance`` the uncalibrated relevance;
-    ``min_relevance`` drops nodes scored below it.
+    ``min_relevance`` drops nodes scored below it. ``instruction`` replaces the Reranker's for this
+    postprocessor's calls, so one loaded model serves several tasks.
     """
 
     top_n: int = Field(default=2, ge=1, description="Number of nodes to return, best first.")
@@ -53,16 +54,22 @@ class GenrankRerank(BaseNodePostprocessor):
                                        description="Keep the retrieval score in metadata['retrieval_score'].")
     min_relevance: float | None = Field(default=None, ge=0, le=1,
                                         description="Drop nodes whose score is below this.")
+    instruction: str | None = Field(default=None,
+                                    description="Task instruction for instruction-aware recipes (default: the "
+                                                "Reranker's).")
     _reranker: Reranker = PrivateAttr()
     _calibration: Calibration | None = PrivateAttr(default=None)
 
     def __init__(self, reranker: Reranker, top_n: int = 2, metadata_mode: MetadataMode = MetadataMode.EMBED,
                  keep_retrieval_score: bool = False, *, calibration: str | os.PathLike | Calibration | None = None,
-                 allow_other_model: bool = False, min_relevance: float | None = None, **kwargs: Any):
+                 allow_other_model: bool = False, min_relevance: float | None = None,
+                 instruction: str | None = None, **kwargs: Any):
         if not isinstance(reranker, Reranker):
             raise TypeError(f"reranker must be a genrank Reranker, got {type(reranker).__name__}")
+        if instruction is not None:
+            reranker.check_instruction(instruction)
         super().__init__(top_n=top_n, metadata_mode=metadata_mode, keep_retrieval_score=keep_retrieval_score,
-                         min_relevance=min_relevance, **kwargs)
+                         min_relevance=min_relevance, instruction=instruction, **kwargs)
         self._reranker = reranker
         self._calibration = adapter_calibration(reranker, calibration, allow_other_model)
 
@@ -82,7 +89,7 @@ class GenrankRerank(BaseNodePostprocessor):
             return []
         with self._start(nodes, query_bundle) as event:
             hits = rank_texts(self._reranker, query, self._texts(nodes), self.top_n, self._calibration,
-                              self.min_relevance)
+                              self.min_relevance, self.instruction)
             return self._end(event, [self._scored(nodes[hit.index], hit) for hit in hits])
 
     async def _apostprocess_nodes(self, nodes: list[NodeWithScore],
@@ -92,7 +99,7 @@ class GenrankRerank(BaseNodePostprocessor):
             return []
         with self._start(nodes, query_bundle) as event:
             hits = await arank_texts(self._reranker, query, self._texts(nodes), self.top_n, self._calibration,
-                                     self.min_relevance)
+                                     self.min_relevance, self.instruction)
             return self._end(event, [self._scored(nodes[hit.index], hit) for hit in hits])
 
     def _texts(self, nodes: list[NodeWithScore]) -> list[str]:
