@@ -11,7 +11,8 @@ import pytest
 
 from genrank import Engine, LabelLogprobs, Reranker
 from genrank.cli import main
-from genrank.evaluate import bm25_run, compute_metrics, evaluate_reranker, load_beir, read_trec_run, write_trec_run
+from genrank.evaluate import (bm25_run, compute_metrics, evaluate_reranker, load_beir, load_first_stage, read_trec_run,
+                              write_trec_run)
 
 BEIR = Path(__file__).parent / "data" / "beir-mini"
 RUN = BEIR / "run.trec"
@@ -178,7 +179,7 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
     assert main(["eval", str(BEIR), "--run", str(run), "-e", "hf"]) == 2
     err = capsys.readouterr().err
     assert "document 'd99' for query 'q1'" in err and "Traceback" not in err
-    assert main(["eval", str(BEIR), "--top-k", "0", "-e", "hf"]) == 2
-    assert "top_k must be a positive integer, got 0" in capsys.readouterr().err
-    assert main(["eval", str(BEIR), "--max-queries", "-1", "-e", "hf"]) == 2
-    assert "max_queries must be a positive integer, got -1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="top_k must be a positive integer, got 0"):  # the CLI checks its own
+        load_first_stage(BEIR, top_k=0)
+    with pytest.raises(ValueError, match="max_queries must be a positive integer, got -1"):
+        load_first_stage(BEIR, max_queries=-1)
