@@ -183,6 +183,11 @@ class Reranker:
         self._check_takes_instruction()
         return check_text(instruction, "instruction")
 
+    def instruction_per_pair(self, instruction: str | None, n: int) -> list[str] | None:
+        """``instruction``, checked, for each of ``n`` pairs (``score_details``' ``instructions``); None: the
+        Reranker's own."""
+        return None if instruction is None else [self.check_instruction(instruction)] * n
+
     def _check_takes_instruction(self) -> None:
         if not self.template.takes_instruction:
             raise InputError(f"template {self.template.name!r} takes no instruction; use a recipe that does, such as "
@@ -241,7 +246,7 @@ class Reranker:
         ``instruction`` replaces the Reranker's for this call (recipes that take one).
         """
         pairs = query_pairs(query, documents)
-        return _checked(self.score_details(pairs, self._one_instruction(instruction, len(pairs)))).score
+        return _checked(self.score_details(pairs, self.instruction_per_pair(instruction, len(pairs)))).score
 
     def rank(self, query: str, documents: Sequence[str], top_k: int | None = None,
              return_documents: bool = False, *, min_relevance: float | None = None,
@@ -253,7 +258,7 @@ class Reranker:
         check_top_k(top_k)
         floors = self._floors(min_relevance, min_probability)
         pairs = query_pairs(query, documents)
-        return _ranking(_checked(self.score_details(pairs, self._one_instruction(instruction, len(pairs)))),
+        return _ranking(_checked(self.score_details(pairs, self.instruction_per_pair(instruction, len(pairs)))),
                         documents, top_k, return_documents, floors)
 
     def score_details(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None, *,
@@ -357,7 +362,7 @@ class Reranker:
     async def arerank(self, query: str, documents: Sequence[str], *, instruction: str | None = None) -> np.ndarray:
         """``rerank`` for async code."""
         pairs = query_pairs(query, documents)
-        return _checked(await self.ascore_details(pairs, self._one_instruction(instruction, len(pairs)))).score
+        return _checked(await self.ascore_details(pairs, self.instruction_per_pair(instruction, len(pairs)))).score
 
     async def arank(self, query: str, documents: Sequence[str], top_k: int | None = None,
                     return_documents: bool = False, *, min_relevance: float | None = None,
@@ -366,7 +371,7 @@ class Reranker:
         check_top_k(top_k)
         floors = self._floors(min_relevance, min_probability)
         pairs = query_pairs(query, documents)
-        scored = await self.ascore_details(pairs, self._one_instruction(instruction, len(pairs)))
+        scored = await self.ascore_details(pairs, self.instruction_per_pair(instruction, len(pairs)))
         return _ranking(_checked(scored), documents, top_k, return_documents, floors)
 
     async def ascore_details(self, pairs: Iterable[Sequence[str]], instructions: Sequence[str | None] | None = None,
@@ -430,9 +435,6 @@ class Reranker:
         return {"long_documents": check_long_documents(long_documents or self.long_documents),
                 "max_document_tokens": max_document_tokens}
 
-    def _one_instruction(self, instruction: str | None, n: int) -> list[str | None] | None:
-        """``instruction`` for each of ``n`` pairs (None: the Reranker's own), checked."""
-        return None if instruction is None else [self.check_instruction(instruction)] * n
 
     def _instructions(self, instructions: Sequence[str | None] | None, n: int) -> list[str | None]:
         """One instruction per pair: the given ones, checked, or the Reranker's for every pair."""

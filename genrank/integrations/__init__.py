@@ -69,7 +69,7 @@ def rank_texts(reranker: Reranker, query: str, texts: Sequence[str], top_n: int 
     with ``calibration`` reported as probabilities; those below ``min_relevance`` left out;
     ``instruction`` replaces the Reranker's (None: the Reranker's)."""
     pairs = query_pairs(query, texts)
-    return _hits(reranker.score_details(pairs, _instructions(reranker, instruction, len(pairs))), top_n,
+    return _hits(reranker.score_details(pairs, reranker.instruction_per_pair(instruction, len(pairs))), top_n,
                  calibration, min_relevance)
 
 
@@ -78,12 +78,8 @@ async def arank_texts(reranker: Reranker, query: str, texts: Sequence[str], top_
                       instruction: str | None = None) -> list[Hit]:
     """``rank_texts`` for async code."""
     pairs = query_pairs(query, texts)
-    return _hits(await reranker.ascore_details(pairs, _instructions(reranker, instruction, len(pairs))), top_n,
+    return _hits(await reranker.ascore_details(pairs, reranker.instruction_per_pair(instruction, len(pairs))), top_n,
                  calibration, min_relevance)
-
-
-def _instructions(reranker: Reranker, instruction: str | None, n: int) -> list[str] | None:
-    return None if instruction is None else [reranker.check_instruction(instruction)] * n
 
 
 def framework_error(module: str, package: str, extra: str) -> MissingExtra:
