@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import logging
 from typing import Any
@@ -81,6 +82,10 @@ class TransformersEngine(Engine):
         self.max_batch_tokens = max_batch_tokens or (65536 if self.device.type == "cuda" else 8192)
         self.max_batch_size = max_batch_size
         self._decoder = self.model.get_decoder()
+        # transformers 5.2x renamed the decoder's ``past_key_values`` (argument and output) to ``cache``;
+        # the old name warns on every call
+        self._cache_name = "cache" if "cache" in inspect.signature(self._decoder.forward).parameters \
+            else "past_key_values"
         if compile:  # one graph for all batch shapes; pays off on GPU for long jobs
             self._decoder = torch.compile(self._decoder, dynamic=True)
         pad = self._tokenizer.pad_token_id
@@ -190,7 +195,7 @@ class TransformersEngine(Engine):
         """Each layer's keys and values (prefix, heads, position, dim) of right-padded ``prefixes``."""
         lengths = np.fromiter(map(len, prefixes), dtype=np.int64, count=len(prefixes))
         batch = self._to_device(_right_padded(prefixes, lengths, self._pad_id))
-        cache = self._decoder(input_ids=batch, use_cache=True).past_key_values
+        cache = getattr(self._decoder(input_ids=batch, use_cache=True), self._cache_name)
         kinds = {type(layer).__name__ for layer in cache.layers} - {"DynamicLayer"}
         if kinds:  # sliding-window or linear-attention layers keep other state
             raise ValueError(f"the model's cache has {', '.join(sorted(kinds))} layers")
@@ -215,7 +220,7 @@ class TransformersEngine(Engine):
             past = [(k[:, :, :width].index_select(0, slots), v[:, :, :width].index_select(0, slots))
                     for k, v in prefix_kv]
         hidden = self._decoder(input_ids=batch, attention_mask=mask, position_ids=positions,
-                               past_key_values=SharedPrefixCache(past), use_cache=True).last_hidden_state
+                               **{self._cache_name: SharedPrefixCache(past)}, use_cache=True).last_hidden_state
         return self._head(hidden[torch.arange(len(suffixes), device=self.device), last], label_ids, raw)
 
     def _to_device(self, array: np.ndarray) -> torch.Tensor:
